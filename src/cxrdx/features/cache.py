@@ -1,0 +1,155 @@
+"""Frozen-backbone feature cache.
+
+The backbone's ``C x 7 x 7`` map of every image is computed once and stored on
+disk under a key made of (backbone, weights, image size, variant); each image's
+entry is named by the SHA-1 of its file's bytes, so any subset of a dataset
+(benchmark rows, folds, a user's own CSV) reuses what is already there. Heads,
+folds and model comparisons then train in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.io import ImageReadError, ReadLimits, read_image
+from ..data.transforms import build_transform, preprocess
+from ..models.hybrid import HybridModel
+from ..progress import progress_bar
+
+CACHE_VERSION = "v1"
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def cache_key(backbone: str, weights_tag: str, image_size: int, variant: str = "plain") -> str:
+    return f"{CACHE_VERSION}__{backbone}__{weights_tag}__{image_size}__{variant}"
+
+
+@dataclass
+class FeatureSet:
+    """Features of the rows of ``manifest`` that could be read, in the same order."""
+
+    features: np.ndarray
+    """``[N, C, H, W]`` float16."""
+    manifest: pd.DataFrame
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    hits: int = 0
+    misses: int = 0
+
+    def tensor(self, index: np.ndarray | None = None) -> torch.Tensor:
+        arr = self.features if index is None else self.features[index]
+        return torch.from_numpy(arr.astype(np.float32))
+
+    def targets(self, index: np.ndarray | None = None) -> np.ndarray:
+        t = self.manifest["target"].to_numpy()
+        return t if index is None else t[index]
+
+    def subset(self, mask: np.ndarray) -> "FeatureSet":
+        idx = np.flatnonzero(mask) if mask.dtype == bool else mask
+        return FeatureSet(self.features[idx], self.manifest.iloc[idx].reset_index(drop=True), self.failures)
+
+
+class FeatureCache:
+    def __init__(self, cache_dir: str | Path, key: str):
+        self.root = Path(cache_dir) / "features" / key
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        p = self.path(digest)
+        if not p.is_file():
+            return None
+        try:
+            return np.load(p)
+        except (ValueError, OSError, EOFError):
+            p.unlink(missing_ok=True)  # a half-written entry from an interrupted run
+            return None
+
+    def put(self, digest: str, value: np.ndarray) -> None:
+        p = self.path(digest)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, value.astype(np.float16))
+        tmp.replace(p)
+
+
+def extract_features(
+    model: HybridModel,
+    manifest: pd.DataFrame,
+    cache_dir: str | Path,
+    *,
+    variant: str = "plain",
+    image_fn: Callable[[np.ndarray, pd.Series], np.ndarray] | None = None,
+    batch_size: int = 32,
+    limits: ReadLimits | None = None,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> FeatureSet:
+    """Backbone maps for every row of ``manifest``, from the cache or computed now.
+
+    Unreadable images are listed in ``failures`` and dropped, never fatal.
+    With ``world_size > 1`` this process computes only its shard of the missing
+    entries (``rank::world_size``); call again after a barrier to gather all.
+    """
+    info = model.info
+    cache = FeatureCache(cache_dir, cache_key(info.backbone, info.weights_tag, info.image_size, variant))
+    transform = build_transform(info.image_size, model.spec.mean, model.spec.std, augment=False)
+    digests: list[str | None] = []
+    failures: list[tuple[str, str]] = []
+    for path in manifest["image"]:
+        try:
+            digests.append(file_digest(path))
+        except OSError as exc:
+            digests.append(None)
+            failures.append((str(path), f"cannot read file: {exc}"))
+    found: dict[int, np.ndarray] = {}
+    todo: list[int] = []
+    for i, d in enumerate(digests):
+        if d is None:
+            continue
+        hit = cache.get(d)
+        if hit is not None:
+            found[i] = hit
+        else:
+            todo.append(i)
+    hits = len(found)
+    mine = todo[rank::world_size]
+    model.eval()
+    with progress_bar(total=len(mine), description=f"features {info.backbone}", enabled=progress and len(mine) > 0) as bar:
+        for start in range(0, len(mine), batch_size):
+            batch_idx, tensors = [], []
+            for i in mine[start : start + batch_size]:
+                row = manifest.iloc[i]
+                try:
+                    grey = read_image(row["image"], limits=limits)
+                    if image_fn is not None:
+                        grey = image_fn(grey, row)
+                except ImageReadError as exc:
+                    failures.append((str(row["image"]), str(exc)))
+                    continue
+                batch_idx.append(i)
+                tensors.append(preprocess(grey, transform))
+            if tensors:
+                with torch.inference_mode():
+                    fmap = model.forward_features(torch.stack(tensors)).float().numpy()
+                for i, f in zip(batch_idx, fmap):
+                    cache.put(digests[i], f)
+                    found[i] = f.astype(np.float16)
+            bar.advance(len(mine[start : start + batch_size]))
+    order = sorted(found)
+    feats = np.stack([found[i] for i in order]) if order else np.zeros((0, model.spec.channels, 7, 7), np.float16)
+    kept = manifest.iloc[order].reset_index(drop=True)
+    return FeatureSet(feats, kept, failures, hits=hits, misses=len(mine))

@@ -1,0 +1,49 @@
+"""``create_model``: the one way to build a cxrdx model."""
+
+from __future__ import annotations
+
+from .backbones import build_backbone, get_spec
+from .heads import create_head
+from .hybrid import HybridModel, ModelInfo
+from .weights import load_backbone_weights
+
+
+def create_model(
+    backbone: str = "tf_efficientnet_lite0",
+    head: str = "bilstm",
+    num_classes: int | None = None,
+    weights: str = "imagenet",
+    *,
+    classes: list[str] | tuple[str, ...] | None = None,
+    hidden: int = 128,
+    proj_dim: int = 256,
+    dropout: float = 0.3,
+    image_size: int = 224,
+) -> HybridModel:
+    """Build backbone + head. ``weights``: ``imagenet``, ``none`` or a file path (backbone weights)."""
+    if classes is None:
+        if num_classes is None:
+            num_classes = 3
+        classes = ["covid", "pneumonia", "normal"] if num_classes == 3 else [f"class{i}" for i in range(num_classes)]
+        if num_classes == 2:
+            classes = ["covid", "non-covid"]
+    classes = list(classes)
+    if num_classes is not None and num_classes != len(classes):
+        raise ValueError(f"num_classes={num_classes} but {len(classes)} class names given")
+    spec = get_spec(backbone)
+    net = build_backbone(backbone)
+    tag = load_backbone_weights(net, backbone, weights)
+    head_module = create_head(head, spec.channels, len(classes), hidden=hidden, proj_dim=proj_dim, dropout=dropout)
+    info = ModelInfo(
+        backbone=backbone, head=head, weights=weights, classes=classes, hidden=hidden,
+        proj_dim=proj_dim, dropout=dropout, image_size=image_size, weights_tag=tag,
+    )
+    return HybridModel(net, head_module, spec, info)
+
+
+def create_model_from_info(info: ModelInfo, weights: str | None = None) -> HybridModel:
+    return create_model(
+        info.backbone, info.head, weights=weights if weights is not None else info.weights,
+        classes=info.classes, hidden=info.hidden, proj_dim=info.proj_dim, dropout=info.dropout,
+        image_size=info.image_size,
+    )
