@@ -1,0 +1,54 @@
+"""Shared CLI plumbing: config building from options, friendly errors."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from ..config import Config, ConfigError, load_config
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Known user errors become one red line and exit code 2, not a traceback."""
+    from ..data.io import ImageReadError
+    from ..data.manifest import ManifestError
+    from ..data.splits import LeakageError
+    from ..models.backbones import UnknownBackboneError
+    from ..models.weights import WeightsUnavailableError
+    from ..training.checkpoint import CheckpointError
+
+    known = (ConfigError, ManifestError, LeakageError, WeightsUnavailableError, CheckpointError,
+             UnknownBackboneError, ImageReadError, FileNotFoundError)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except known as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override any setting: section.key=value (repeatable).")
+DataOpt = typer.Option(None, "--data", help="Dataset folder (CSV manifest or folder-per-class). Default: $CXRDX_DATA or ../shared/data/cxr3.")
+ManifestOpt = typer.Option(None, "--manifest", help="CSV manifest with image,label,patient_id columns.")
+
+
+def build_config(
+    config: Optional[Path],
+    overrides: Optional[list[str]],
+    **options,
+) -> Config:
+    """Defaults <- YAML file <- named CLI options <- ``--set`` overrides."""
+    named = [f"{k}={v}" for k, v in options.items() if v is not None]
+    return load_config(config, named + list(overrides or []))

@@ -1,0 +1,124 @@
+"""Prediction from a trained model on files, bytes, arrays or a manifest.
+
+One bad input never stops a batch: each result is either probabilities or the
+typed :class:`~cxrdx.data.io.ImageReadError` that explains the failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data.io import ImageReadError, ReadLimits, expand_paths, read_image
+from ..data.transforms import build_transform, preprocess
+from ..features.cache import extract_features
+from ..models.hybrid import HybridModel
+
+
+@dataclass
+class Prediction:
+    source: str
+    probabilities: dict[str, float] | None = None
+    predicted: str | None = None
+    error: ImageReadError | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        out = {"source": self.source, "predicted": self.predicted, "probabilities": self.probabilities}
+        if self.error is not None:
+            out["error"] = {"code": self.error.code, "message": str(self.error)}
+        return out
+
+
+class Predictor:
+    """Wraps a :class:`HybridModel` for batched, failure-tolerant inference."""
+
+    def __init__(self, model: HybridModel, limits: ReadLimits | None = None, batch_size: int = 16):
+        self.model = model.eval()
+        self.limits = limits or ReadLimits()
+        self.batch_size = batch_size
+        self.transform = build_transform(model.info.image_size, model.spec.mean, model.spec.std)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.model.classes
+
+    def tensor(self, grey: np.ndarray) -> torch.Tensor:
+        return preprocess(grey, self.transform)
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        return torch.softmax(self.model(batch), dim=1).float().numpy()
+
+    def predict_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for start in range(0, len(arrays), self.batch_size):
+            batch = torch.stack([self.tensor(a) for a in arrays[start : start + self.batch_size]])
+            out.append(self.probabilities(batch))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def _result(self, source: str, probs: np.ndarray) -> Prediction:
+        return Prediction(
+            source=source,
+            probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+            predicted=self.classes[int(np.argmax(probs))],
+        )
+
+    def predict_sources(self, sources: Iterable[tuple[str, str | Path | bytes]]) -> list[Prediction]:
+        """``(name, path-or-bytes)`` pairs -> one :class:`Prediction` each, in order."""
+        results: list[Prediction] = []
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            if pending:
+                probs = self.predict_arrays([a for _, a in pending])
+                for (i, _), p in zip(pending, probs):
+                    results[i] = self._result(results[i].source, p)
+                pending.clear()
+
+        for name, src in sources:
+            results.append(Prediction(source=name))
+            try:
+                pending.append((len(results) - 1, read_image(src, name=Path(name).name, limits=self.limits)))
+            except ImageReadError as exc:
+                results[-1].error = exc
+            if len(pending) >= self.batch_size:
+                flush()
+        flush()
+        return results
+
+    def predict_paths(self, paths: Iterable[str | Path]) -> list[Prediction]:
+        return self.predict_sources((str(p), p) for p in expand_paths(paths))
+
+
+def predict_manifest(
+    model: HybridModel, manifest: pd.DataFrame, cache_dir: str | Path, *, progress: bool = True,
+    limits: ReadLimits | None = None,
+) -> tuple[np.ndarray, pd.DataFrame, list[tuple[str, str]]]:
+    """Probabilities for every readable row of ``manifest`` (``kept`` rows, in order).
+
+    A model with a frozen backbone reuses the feature cache; a fine-tuned one
+    runs end to end.
+    """
+    if model.info.extra.get("finetuned"):
+        predictor = Predictor(model, limits=limits)
+        preds = predictor.predict_paths(manifest["image"])
+        ok = [i for i, p in enumerate(preds) if p.ok]
+        probs = np.array([[preds[i].probabilities[c] for c in model.classes] for i in ok])
+        failures = [(p.source, str(p.error)) for p in preds if not p.ok]
+        return probs.reshape(len(ok), len(model.classes)), manifest.iloc[ok].reset_index(drop=True), failures
+    fs = extract_features(model, manifest, cache_dir, progress=progress, limits=limits)
+    with torch.inference_mode():
+        model.head.eval()
+        x = fs.tensor()
+        probs = torch.cat([torch.softmax(model.head(x[i : i + 256]), 1) for i in range(0, len(x), 256)]).numpy() if len(x) else np.zeros((0, len(model.classes)))
+    return probs, fs.manifest, fs.failures

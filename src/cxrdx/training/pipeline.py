@@ -1,0 +1,124 @@
+"""``cxrdx train`` end to end: data -> split -> features -> head (-> fine-tune) -> test -> run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..data.io import ReadLimits
+from ..data.manifest import load_manifest
+from ..data.splits import assert_no_patient_leakage, train_val_test_split
+from ..evaluation.metrics import compute_metrics
+from ..features.cache import FeatureSet, extract_features
+from ..inference.predictor import predict_manifest
+from ..models.factory import create_model
+from ..models.hybrid import HybridModel
+from .checkpoint import save_checkpoint
+from .finetune import finetune
+from .head_trainer import TrainResult, train_head
+from .seed import seed_everything
+
+SPLIT_FILE = "split.csv"
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    model: HybridModel
+    metrics: dict
+    split_sizes: dict[str, dict[str, int]]
+    timings: dict[str, float] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_dataset(cfg: Config) -> pd.DataFrame:
+    return load_manifest(cfg.data.resolved_root(), cfg.data.manifest, classes=cfg.data.classes, benchmark=cfg.data.benchmark)
+
+
+def build_model(cfg: Config) -> HybridModel:
+    m = cfg.model
+    return create_model(
+        m.backbone, m.head, weights=m.weights, classes=list(cfg.data.classes), hidden=m.hidden,
+        proj_dim=m.proj_dim, dropout=m.dropout, image_size=cfg.data.image_size,
+    )
+
+
+def features_for(fs: FeatureSet, part: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of ``fs`` for the images of ``part`` (unreadable ones are absent from both)."""
+    pos = {p: i for i, p in enumerate(fs.manifest["image"])}
+    idx = np.array([pos[p] for p in part["image"] if p in pos], dtype=int)
+    return idx, fs.targets(idx)
+
+
+def _sizes(part: pd.DataFrame, classes) -> dict[str, int]:
+    counts = part["label"].value_counts()
+    return {"images": int(len(part)), "patients": int(part["patient_id"].nunique()), **{c: int(counts.get(c, 0)) for c in classes}}
+
+
+def run_training(cfg: Config, *, progress: bool = True, resume: bool = False) -> RunOutcome:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    seed_everything(cfg.train.seed, cfg.train.threads)
+    run_dir = Path(cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+
+    df = load_dataset(cfg)
+    train, val, test = train_val_test_split(df, cfg.data.test_fraction, cfg.data.val_fraction, cfg.data.split_seed)
+    assert_no_patient_leakage(train, val, test)
+    split = pd.concat([train.assign(part="train"), val.assign(part="val"), test.assign(part="test")])
+    split[["relpath", "image", "label", "patient_id", "part"]].to_csv(run_dir / SPLIT_FILE, index=False)
+    sizes = {name: _sizes(p, cfg.data.classes) for name, p in (("train", train), ("val", val), ("test", test))}
+    timings["data_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    model = build_model(cfg)
+    limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
+    cache_dir = cfg.data.resolved_cache_dir()
+    fs = extract_features(model, pd.concat([train, val]), cache_dir, progress=progress, limits=limits)
+    timings["features_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tr_idx, y_tr = features_for(fs, train)
+    va_idx, y_va = features_for(fs, val)
+    result: TrainResult = train_head(
+        model.head, fs.tensor(tr_idx), y_tr, fs.tensor(va_idx), y_va, cfg.train, len(cfg.data.classes), progress=progress,
+    )
+    history = {"head": result.history}
+    timings["head_s"] = time.perf_counter() - t
+    if cfg.train.finetune_blocks > 0:
+        t = time.perf_counter()
+        ft = finetune(model, train, val, cfg, run_dir, resume=resume, progress=progress)
+        history["finetune"] = ft.history
+        timings["finetune_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    probs, kept, test_failures = predict_manifest(model, test, cache_dir, progress=progress, limits=limits)
+    metrics = compute_metrics(kept["target"].to_numpy(), probs, cfg.data.classes)
+    timings["test_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    save_checkpoint(model, run_dir)
+    pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes]).assign(
+        image=kept["relpath"].to_numpy(), patient_id=kept["patient_id"].to_numpy(), label=kept["label"].to_numpy(),
+    ).to_csv(run_dir / "test_predictions.csv", index=False)
+    failures = fs.failures + test_failures
+    report = {
+        "model": model.info.to_dict(),
+        "protocol": "single held-out split, grouped by patient_id (no patient in two parts)",
+        "split": sizes,
+        "best_val_macro_f1": result.best_val_f1,
+        "best_epoch": result.best_epoch,
+        "test": metrics,
+        "timings": timings,
+        "failures": [{"image": p, "error": e} for p, e in failures],
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return RunOutcome(run_dir, model, metrics, sizes, timings, failures)

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real cxr3 data (skipped where absent) and a session-wide feature cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrdx.config import default_data_root
+
+
+@pytest.fixture(scope="session")
+def cxr3_root() -> Path:
+    root = default_data_root()
+    if not (root / "metadata.csv").is_file():
+        pytest.skip("cxr3 data not available (set CXRDX_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def feature_cache_dir(tmp_path_factory) -> Path:
+    """One feature cache for the whole test session ($CXRDX_TEST_CACHE to keep it between runs)."""
+    env = os.environ.get("CXRDX_TEST_CACHE")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="session")
+def cxr3_slice(cxr3_root):
+    """A small class-balanced slice of cxr3 (whole patients), for quick real training runs."""
+    from cxrdx.data.manifest import load_manifest
+
+    df = load_manifest(cxr3_root)
+    rng = np.random.default_rng(0)
+    parts = []
+    for label in ("covid", "pneumonia", "normal"):
+        patients = df.loc[df["label"] == label, "patient_id"].unique()
+        chosen = set(rng.choice(patients, size=min(60, len(patients)), replace=False))
+        parts.append(df[df["patient_id"].isin(chosen) & (df["label"] == label)])
+    import pandas as pd
+
+    return pd.concat(parts).drop_duplicates("image").reset_index(drop=True)
+
+
+def make_xray(size: tuple[int, int] = (256, 300), seed: int = 0) -> np.ndarray:
+    """A synthetic chest-X-ray-like uint8 image: two dark lung fields in a brighter body."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w), 180.0)
+    for cx in (0.3 * w, 0.7 * w):
+        img -= 110 * np.exp(-(((xx - cx) / (0.14 * w)) ** 2 + ((yy - 0.5 * h) / (0.3 * h)) ** 2))
+    img += rng.normal(0, 8, size=(h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
