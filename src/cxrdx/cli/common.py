@@ -11,8 +11,8 @@ from rich.console import Console
 
 from ..config import Config, ConfigError, load_config
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def friendly_errors(fn: Callable) -> Callable:
