@@ -79,3 +79,8 @@ def test_freeze_backbone_keeps_only_last_blocks_trainable():
     trainable = {n.split(".")[0] + "." + n.split(".")[1] if n.startswith("blocks") else n.split(".")[0]
                  for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.6", "conv_head", "bn2"}
+
+
+def test_backbone_without_published_weights_says_so():
+    with pytest.raises(WeightsUnavailableError, match="publishes no ImageNet weights"):
+        create_model("resnetv2_152", "lstm", weights="imagenet")

@@ -108,11 +108,121 @@ class TrainConfig:
     threads: int | None = None
 
 
+def default_home_dir() -> Path:
+    """Where the server keeps its state (audit database): ``$CXRDX_HOME`` or ``~/.local/share/cxrdx``."""
+    env = os.environ.get("CXRDX_HOME")
+    return Path(env) if env else Path.home() / ".local" / "share" / "cxrdx"
+
+
+@dataclass
+class ServeConfig:
+    model_dir: str = "runs/demo"
+    """Run folder served (model.safetensors + model.json; model.onnx for runtime onnx)."""
+    runtime: str = "torch"
+    """``torch`` or ``onnx`` (``cxrdx export --onnx RUN_DIR`` first). Grad-CAM always uses torch."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    """Larger uploads get HTTP 413 before they are decoded."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the audit log; None -> $CXRDX_DATABASE_URL or sqlite:///<$CXRDX_HOME>/audit.db."""
+    token_env: str = "CXRDX_API_TOKEN"
+    """Name of the environment variable holding the bearer token (unset = no auth). Never put the token in a file."""
+    threads: int | None = None
+    """Intra-op threads for torch / ONNX Runtime; None = all cores."""
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        env = os.environ.get("CXRDX_DATABASE_URL")
+        return env if env else f"sqlite:///{default_home_dir() / 'audit.db'}"
+
+    def api_token(self) -> str | None:
+        return os.environ.get(self.token_env) or None
+
+
+@dataclass
+class ExplainConfig:
+    method: str = "gradcam"
+    """``gradcam``, ``gradcam++`` or ``scorecam`` (pytorch-grad-cam); target layer = the backbone's ``target_layer``."""
+    image_weight: float = 0.6
+    """Overlay blend: this share is the X-ray, the rest the heatmap colours."""
+    overlay_max_side: int = 1024
+    """Overlays of larger images are shrunk to this side (the .npy heatmap keeps the original size)."""
+    scorecam_batch_size: int = 64
+    flag_lung_energy: float = 0.5
+    """A model whose mean heatmap energy inside the lungs is below this is flagged."""
+    bootstrap: int = 2000
+    """Patient-level bootstrap resamples for the localisation CIs."""
+    ci_level: float = 0.95
+    seed: int = 0
+    gallery_per_group: int = 3
+    """Overlays per (class, correct|wrong) in the gallery."""
+
+
+@dataclass
+class SeriesConfig:
+    """``cxrdx series``: per-patient exam sequences (ordered by offset_days) -> GRU/LSTM, patient-level CV."""
+
+    patient_prefix: str | None = "ieee8023"
+    """Cohort: patients whose patient_id starts with this (the longitudinal covid-chestxray-dataset); None = all."""
+    target: str = "survival"
+    """``survival`` (died vs survived, patients with a label) or ``diagnosis`` (covid vs other, last exam's label)."""
+    rnn: str = "gru"
+    """``gru`` or ``lstm``."""
+    pca_dim: int = 16
+    """Exam embeddings (mean-pooled backbone map) are standardised and PCA-reduced, fitted on each training fold."""
+    hidden: int = 32
+    dropout: float = 0.2
+    epochs: int = 150
+    """Fixed full-batch epochs (no early stopping: too few patients for an inner validation set)."""
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    folds: int = 5
+    repeats: int = 1
+    seed: int = 0
+    bootstrap: int = 2000
+    """Patient bootstrap resamples for the 95% CIs."""
+
+
+@dataclass
+class EvalConfig:
+    """``cxrdx cv`` / ``compare`` / ``report``: patient-grouped k-fold CV on cached features, CIs, calibration."""
+
+    folds: int = 5
+    fold_seed: int = 42
+    val_fraction: float = 0.15
+    """Patient-grouped share of each fold's training part held out for early stopping, temperature and threshold."""
+    epochs: int = 40
+    """Head-training epochs inside CV (shorter than ``train.epochs`` so 5 folds of a head take < 60 s on 2 cores)."""
+    lr: float = 2e-3
+    patience: int = 8
+    bootstrap: int = 1000
+    """Patient-level bootstrap resamples for every 95% CI."""
+    ci_level: float = 0.95
+    seed: int = 0
+    ece_bins: int = 10
+    temperature: bool = False
+    """Fit temperature scaling on each fold's validation part and apply it to the test fold."""
+    target_sensitivity: float = 0.95
+    """Operating point: covid threshold reaching this sensitivity on validation, scored on the test fold."""
+    heads: str = "lstm,gru,bilstm,bigru,attention,pool"
+    """``cxrdx compare`` grid: heads (comma-separated)."""
+    backbones: str = "tf_efficientnet_lite0,vgg19,resnetv2_152,densenet121"
+    """``cxrdx compare`` grid: backbones; those without offline weights are listed as skipped."""
+    baselines: str = "svm,logreg"
+    """scikit-learn baselines on pooled CNN features (``svm``, ``logreg``; empty = none)."""
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str = "runs/demo"
 
     def to_dict(self) -> dict[str, Any]:

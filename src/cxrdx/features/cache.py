@@ -10,6 +10,7 @@ folds and model comparisons then train in seconds.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -79,7 +80,7 @@ class FeatureCache:
     def put(self, digest: str, value: np.ndarray) -> None:
         p = self.path(digest)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")  # one per process: ranks may share a digest
         with open(tmp, "wb") as fh:
             np.save(fh, value.astype(np.float16))
         tmp.replace(p)
@@ -103,6 +104,8 @@ def extract_features(
     Unreadable images are listed in ``failures`` and dropped, never fatal.
     With ``world_size > 1`` this process computes only its shard of the missing
     entries (``rank::world_size``); call again after a barrier to gather all.
+    The backbone runs on the model's device, in fp32 (no autocast: cached maps
+    must not depend on which machine computed them).
     """
     info = model.info
     cache = FeatureCache(cache_dir, cache_key(info.backbone, info.weights_tag, info.image_size, variant))
@@ -128,6 +131,7 @@ def extract_features(
     hits = len(found)
     mine = todo[rank::world_size]
     model.eval()
+    device = next(model.parameters()).device
     with progress_bar(total=len(mine), description=f"features {info.backbone}", enabled=progress and len(mine) > 0) as bar:
         for start in range(0, len(mine), batch_size):
             batch_idx, tensors = [], []
@@ -144,7 +148,7 @@ def extract_features(
                 tensors.append(preprocess(grey, transform))
             if tensors:
                 with torch.inference_mode():
-                    fmap = model.forward_features(torch.stack(tensors)).float().numpy()
+                    fmap = model.forward_features(torch.stack(tensors).to(device)).float().cpu().numpy()
                 for i, f in zip(batch_idx, fmap):
                     cache.put(digests[i], f)
                     found[i] = f.astype(np.float16)

@@ -81,6 +81,12 @@ def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
     """timm's ImageNet weights: from the local hub cache, else downloaded if the hub answers quickly."""
     import timm
 
+    if not timm.list_pretrained(f"{name}.*"):
+        raise WeightsUnavailableError(
+            f"timm publishes no ImageNet weights for {name}. Convert weights you have (e.g. Keras "
+            f"applications) to a state_dict and pass --weights /path/to/weights.safetensors, or use --weights none."
+        )
+
     def _create(offline: bool) -> nn.Module:
         old = os.environ.get("HF_HUB_OFFLINE")
         if offline:

@@ -1,4 +1,11 @@
-"""Stage (b): fine-tune the last N backbone blocks and the head end to end."""
+"""Stage (b): fine-tune the last N backbone blocks and the head end to end.
+
+Runs on the GPU when there is one (bf16 autocast, channels_last). Under torchrun
+the model is wrapped in DistributedDataParallel, each process reads its
+DistributedSampler shard (``finetune_batch_size`` images per process per step),
+validation confusion matrices are summed over ranks and only rank 0 writes files.
+BatchNorm layers being trained use per-process batch statistics (plain DDP).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..config import Config
 from ..data.dataset import CXRDataset
@@ -19,7 +26,8 @@ from ..data.transforms import build_transform
 from ..models.hybrid import HybridModel
 from ..progress import progress_bar
 from .checkpoint import load_training_state, save_training_state
-from .head_trainer import TrainResult, class_weights
+from .distributed import autocast, current, global_mean, to_channels_last, wrap_ddp
+from .head_trainer import TrainResult, class_weights, scores_from_confusion, sharded_confusion
 
 RESUME_WEIGHTS = "finetune_last.safetensors"
 RESUME_STATE = "finetune_optim"
@@ -35,11 +43,24 @@ def _set_frozen_bn_eval(model: nn.Module) -> None:
 @torch.inference_mode()
 def _predict(model: HybridModel, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
+    device = next(model.parameters()).device
     probs, ys = [], []
     for x, y in loader:
-        probs.append(torch.softmax(model(x), 1).numpy())
+        with autocast(device):
+            logits = model(x.to(device))
+        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
         ys.append(y.numpy())
     return np.concatenate(probs), np.concatenate(ys)
+
+
+def _shard_predictor(model: HybridModel, loader: DataLoader):
+    """``idx -> predicted labels`` for rows ``idx`` of ``loader``'s dataset (one rank's validation shard)."""
+
+    def predict_labels(idx: np.ndarray) -> np.ndarray:
+        part = DataLoader(Subset(loader.dataset, idx.tolist()), batch_size=loader.batch_size, num_workers=loader.num_workers)
+        return _predict(model, part)[0].argmax(1)
+
+    return predict_labels
 
 
 def finetune(
@@ -58,55 +79,87 @@ def finetune(
     spec = model.spec
     train_tf = build_transform(cfg.data.image_size, spec.mean, spec.std, augment=tc.augment)
     eval_tf = build_transform(cfg.data.image_size, spec.mean, spec.std)
-    gen = torch.Generator().manual_seed(tc.seed)
-    train_loader = DataLoader(
-        CXRDataset(train_df, train_tf, limits), batch_size=tc.finetune_batch_size, shuffle=True,
-        num_workers=tc.num_workers, generator=gen, drop_last=True,
-    )
+    ctx = current()
+    device = ctx.device
+    train_set = CXRDataset(train_df, train_tf, limits)
+    sampler = None
+    if ctx.enabled:
+        sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=tc.seed, drop_last=True)
+        train_loader = DataLoader(train_set, batch_size=tc.finetune_batch_size, sampler=sampler, num_workers=tc.num_workers, drop_last=True)
+    else:
+        gen = torch.Generator().manual_seed(tc.seed)
+        train_loader = DataLoader(
+            train_set, batch_size=tc.finetune_batch_size, shuffle=True,
+            num_workers=tc.num_workers, generator=gen, drop_last=True,
+        )
     val_loader = DataLoader(CXRDataset(val_df, eval_tf, limits), batch_size=32, num_workers=tc.num_workers)
     model.freeze_backbone(tc.finetune_blocks)
+    model.to(device)
+    to_channels_last(model, device)
+    net = wrap_ddp(model, ctx)
     backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": backbone_params, "lr": tc.finetune_lr}, {"params": model.head.parameters(), "lr": tc.finetune_lr * 10}],
         weight_decay=tc.weight_decay,
     )
     num_classes = len(model.classes)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_df["target"].to_numpy(), num_classes) if tc.class_weighted else None)
+    weight = class_weights(train_df["target"].to_numpy(), num_classes) if tc.class_weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), reduction="sum" if ctx.enabled else "mean")
     start_epoch, best_f1, best_epoch, history = 1, -1.0, 0, []
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     if resume and (run_dir / RESUME_WEIGHTS).is_file():
-        model.load_state_dict(load_file(str(run_dir / RESUME_WEIGHTS)))
+        model.load_state_dict(load_file(str(run_dir / RESUME_WEIGHTS), device=str(device)))
         meta = load_training_state(run_dir / RESUME_STATE, opt)
         start_epoch, best_f1, best_epoch, history = meta["epoch"] + 1, meta["best_f1"], meta["best_epoch"], meta["history"]
         if (run_dir / "finetune_best.safetensors").is_file():
-            best_state = load_file(str(run_dir / "finetune_best.safetensors"))
+            best_state = load_file(str(run_dir / "finetune_best.safetensors"), device=str(device))
     total_steps = (tc.finetune_epochs - start_epoch + 1) * len(train_loader)
-    with progress_bar(total=max(total_steps, 0), description=f"fine-tune last {tc.finetune_blocks} blocks", enabled=progress) as bar:
+    with progress_bar(total=max(total_steps, 0), description=f"fine-tune last {tc.finetune_blocks} blocks", enabled=progress and ctx.is_main) as bar:
         for epoch in range(start_epoch, tc.finetune_epochs + 1):
-            model.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
             _set_frozen_bn_eval(model)
             total, count = 0.0, 0
             for x, y in train_loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
+                with autocast(device):
+                    logits = net(x)
+                loss = loss_fn(logits.float(), y)
+                shown = float(loss.detach())
+                if ctx.enabled:  # weighted mean over the global batch (see head_trainer)
+                    local_weight = float(weight[y.cpu()].sum()) if weight is not None else float(len(y))
+                    shown = shown / max(local_weight, 1e-12)
+                    loss = global_mean(loss, local_weight, ctx)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(y)
+                total += shown * len(y)
                 count += len(y)
                 bar.advance()
                 bar.set(f"epoch {epoch} loss {total / count:.3f}")
-            probs, ys = _predict(model, val_loader)
-            val_f1 = float(f1_score(ys, probs.argmax(1), average="macro", labels=list(range(num_classes)), zero_division=0))
-            history.append({"epoch": epoch, "loss": total / max(count, 1), "val_f1": val_f1, "val_acc": float((probs.argmax(1) == ys).mean())})
+            if ctx.enabled:
+                cm = sharded_confusion(_shard_predictor(model, val_loader), len(val_df), val_df["target"].to_numpy(), num_classes, ctx)
+                val_f1, val_acc = scores_from_confusion(cm)
+            else:
+                probs, ys = _predict(model, val_loader)
+                val_f1 = float(f1_score(ys, probs.argmax(1), average="macro", labels=list(range(num_classes)), zero_division=0))
+                val_acc = float((probs.argmax(1) == ys).mean())
+            history.append({"epoch": epoch, "loss": total / max(count, 1), "val_f1": val_f1, "val_acc": val_acc})
             if val_f1 > best_f1:
                 best_f1, best_epoch = val_f1, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                save_file({k: v.contiguous() for k, v in best_state.items()}, str(run_dir / "finetune_best.safetensors"))
-            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(run_dir / RESUME_WEIGHTS))
-            save_training_state(run_dir / RESUME_STATE, opt, {"epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "history": history})
+                if ctx.is_main:
+                    save_file({k: v.contiguous() for k, v in best_state.items()}, str(run_dir / "finetune_best.safetensors"))
+            if ctx.is_main:
+                save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(run_dir / RESUME_WEIGHTS))
+                save_training_state(run_dir / RESUME_STATE, opt, {"epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "history": history})
             if epoch - best_epoch >= tc.patience:
                 break
     model.load_state_dict(best_state)
+    model.to("cpu").to(memory_format=torch.contiguous_format)
     model.info.extra["finetuned"] = True
     model.info.extra["finetune_blocks"] = tc.finetune_blocks
     model.eval()

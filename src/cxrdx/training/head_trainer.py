@@ -1,4 +1,10 @@
-"""Stage (a): train a head on cached frozen-backbone features, in seconds."""
+"""Stage (a): train a head on cached frozen-backbone features, in seconds.
+
+Under torchrun each process trains on its DistributedSampler shard of the
+feature rows (``batch_size`` rows per process per step) inside
+DistributedDataParallel; validation confusion matrices are summed over ranks
+so every rank takes the same early-stopping decision.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.metrics import f1_score
+from sklearn.metrics import confusion_matrix, f1_score
 from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..config import TrainConfig
 from ..progress import progress_bar
+from .distributed import DistContext, all_reduce_sum, autocast, current, global_mean, shard_indices, wrap_ddp
 
 
 @dataclass
@@ -36,6 +44,22 @@ def predict_proba(head: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
+def scores_from_confusion(cm: np.ndarray) -> tuple[float, float]:
+    """Macro-F1 (zero for a class never predicted nor present, as sklearn's ``zero_division=0``) and accuracy."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1.mean()), float(tp.sum() / max(cm.sum(), 1.0))
+
+
+def sharded_confusion(predict, n: int, y: np.ndarray, num_classes: int, ctx: DistContext) -> np.ndarray:
+    """Each rank predicts rows ``rank::world_size`` (``predict(index) -> labels``); the matrices are summed."""
+    idx = shard_indices(n, ctx)
+    local = confusion_matrix(y[idx], predict(idx), labels=list(range(num_classes))) if len(idx) else np.zeros((num_classes,) * 2)
+    return all_reduce_sum(local)
+
+
 def train_head(
     head: nn.Module,
     x_train: torch.Tensor,
@@ -49,7 +73,11 @@ def train_head(
     """AdamW + (class-weighted) cross-entropy, early stopping on validation macro-F1.
 
     The head is left holding the weights of its best validation epoch.
+    Under torchrun (a process group is running) it trains with DDP instead.
     """
+    ctx = current()
+    if ctx.enabled:
+        return _train_head_distributed(head, x_train, y_train, x_val, y_val, cfg, num_classes, ctx, progress)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
@@ -91,4 +119,71 @@ def train_head(
                     break
     head.load_state_dict(best_state)
     head.eval()
+    return TrainResult(best_epoch, best_f1, history)
+
+
+def _train_head_distributed(
+    head: nn.Module, x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor, y_val: np.ndarray,
+    cfg: TrainConfig, num_classes: int, ctx: DistContext, progress: bool,
+) -> TrainResult:
+    """The same recipe with DDP: one step = ``batch_size`` rows on each of ``world_size`` processes.
+
+    The loss is the class-weighted mean over the *global* batch (per-rank weighted
+    sums divided by the all-reduced weight total), so N processes with batch b
+    take the same steps as one process with batch N*b and the same sampler seed.
+    """
+    torch.manual_seed(cfg.seed)
+    device = ctx.device
+    head.to(device)
+    ddp_head = wrap_ddp(head, ctx)
+    weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), reduction="sum")
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    yt = torch.as_tensor(y_train, dtype=torch.long)
+    rows = TensorDataset(torch.arange(len(x_train)))
+    sampler = DistributedSampler(rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(rows, batch_size=cfg.batch_size, sampler=sampler)
+
+    @torch.inference_mode()
+    def predict_val(idx: np.ndarray) -> np.ndarray:
+        head.eval()
+        out = [head(x_val[idx[i : i + 256]].to(device)).argmax(1).cpu() for i in range(0, len(idx), 256)]
+        return torch.cat(out).numpy()
+
+    best_state, best_f1, best_epoch, stale = copy.deepcopy(head.state_dict()), -1.0, 0, 0
+    history: list[dict] = []
+    with progress_bar(total=cfg.epochs, description=f"train head ({ctx.world_size} processes)", enabled=progress and ctx.is_main) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            sampler.set_epoch(epoch)
+            ddp_head.train()
+            sums = np.zeros(2)
+            for (idx,) in loader:
+                if len(idx) * ctx.world_size < 2:
+                    continue
+                xb, yb = x_train[idx].to(device), yt[idx].to(device)
+                local_weight = float(weight[yt[idx]].sum()) if weight is not None else float(len(idx))
+                opt.zero_grad(set_to_none=True)
+                with autocast(device):
+                    logits = ddp_head(xb)
+                loss_sum = loss_fn(logits.float(), yb)
+                global_mean(loss_sum, local_weight, ctx).backward()
+                nn.utils.clip_grad_norm_(head.parameters(), 5.0)
+                opt.step()
+                sums += (float(loss_sum.detach()), local_weight)
+            sched.step()
+            total, count = all_reduce_sum(sums)
+            val_f1, val_acc = scores_from_confusion(sharded_confusion(predict_val, len(x_val), y_val, num_classes, ctx))
+            history.append({"epoch": epoch, "loss": total / max(count, 1e-12), "val_f1": val_f1, "val_acc": val_acc})
+            bar.advance()
+            bar.set(f"loss {total / max(count, 1e-12):.3f}  val F1 {val_f1:.3f}  acc {val_acc:.3f}")
+            if val_f1 > best_f1:
+                best_f1, best_epoch, stale = val_f1, epoch, 0
+                best_state = copy.deepcopy(head.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    head.load_state_dict(best_state)
+    head.to("cpu").eval()
     return TrainResult(best_epoch, best_f1, history)

@@ -1,14 +1,22 @@
-"""``cxrdx train`` end to end: data -> split -> features -> head (-> fine-tune) -> test -> run folder."""
+"""``cxrdx train`` end to end: data -> split -> features -> head (-> fine-tune) -> test -> run folder.
+
+The same code runs under ``torchrun --nproc-per-node N``: every rank computes the
+same patient-grouped split, feature extraction is sharded over ranks, head
+training and fine-tuning use DDP, rank 0 alone scores the test part and writes
+the run folder, and every rank returns the same :class:`RunOutcome`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch.distributed as dist
 
 from ..config import Config
 from ..data.io import ReadLimits
@@ -20,6 +28,7 @@ from ..inference.predictor import predict_manifest
 from ..models.factory import create_model
 from ..models.hybrid import HybridModel
 from .checkpoint import save_checkpoint
+from .distributed import DistContext, barrier, init_distributed, shutdown
 from .finetune import finetune
 from .head_trainer import TrainResult, train_head
 from .seed import seed_everything
@@ -61,19 +70,49 @@ def _sizes(part: pd.DataFrame, classes) -> dict[str, int]:
     return {"images": int(len(part)), "patients": int(part["patient_id"].nunique()), **{c: int(counts.get(c, 0)) for c in classes}}
 
 
+def _threads(cfg: Config, ctx: DistContext) -> int | None:
+    """Under torchrun on CPU, share the cores between the local processes instead of oversubscribing."""
+    if cfg.train.threads is not None or not ctx.enabled or os.environ.get("CXRDX_THREADS"):
+        return cfg.train.threads
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    return max(1, (os.cpu_count() or 1) // max(local, 1))
+
+
+def _share_from_main(ctx: DistContext, value):
+    """Rank 0's ``value`` on every rank (pickled through the process group)."""
+    if not ctx.enabled:
+        return value
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def run_training(cfg: Config, *, progress: bool = True, resume: bool = False) -> RunOutcome:
+    started_group = not dist.is_initialized()
+    ctx = init_distributed()
+    started_group = started_group and ctx.enabled
+    try:
+        return _run(cfg, ctx, progress=progress and ctx.is_main, resume=resume)
+    finally:
+        if started_group:
+            shutdown()
+
+
+def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunOutcome:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    seed_everything(cfg.train.seed, cfg.train.threads)
+    seed_everything(cfg.train.seed, _threads(cfg, ctx))
     run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
 
     df = load_dataset(cfg)
     train, val, test = train_val_test_split(df, cfg.data.test_fraction, cfg.data.val_fraction, cfg.data.split_seed)
     assert_no_patient_leakage(train, val, test)
     split = pd.concat([train.assign(part="train"), val.assign(part="val"), test.assign(part="test")])
-    split[["relpath", "image", "label", "patient_id", "part"]].to_csv(run_dir / SPLIT_FILE, index=False)
+    if ctx.is_main:
+        split[["relpath", "image", "label", "patient_id", "part"]].to_csv(run_dir / SPLIT_FILE, index=False)
     sizes = {name: _sizes(p, cfg.data.classes) for name, p in (("train", train), ("val", val), ("test", test))}
     timings["data_s"] = time.perf_counter() - t0
 
@@ -81,6 +120,12 @@ def run_training(cfg: Config, *, progress: bool = True, resume: bool = False) ->
     model = build_model(cfg)
     limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
     cache_dir = cfg.data.resolved_cache_dir()
+    if ctx.enabled:  # each rank fills its shard of the cache (test images too), then all read it back
+        model.to(ctx.device)
+        extract_features(model, pd.concat([train, val, test]), cache_dir, progress=progress, limits=limits,
+                         rank=ctx.rank, world_size=ctx.world_size)
+        model.to("cpu")
+        barrier()
     fs = extract_features(model, pd.concat([train, val]), cache_dir, progress=progress, limits=limits)
     timings["features_s"] = time.perf_counter() - t
 
@@ -98,11 +143,16 @@ def run_training(cfg: Config, *, progress: bool = True, resume: bool = False) ->
         history["finetune"] = ft.history
         timings["finetune_s"] = time.perf_counter() - t
 
+    if not ctx.is_main:  # rank 0 scores the test part and writes the run folder
+        metrics, test_failures, timings = _share_from_main(ctx, None)
+        return RunOutcome(run_dir, model, metrics, sizes, timings, fs.failures + test_failures)
+
     t = time.perf_counter()
     probs, kept, test_failures = predict_manifest(model, test, cache_dir, progress=progress, limits=limits)
     metrics = compute_metrics(kept["target"].to_numpy(), probs, cfg.data.classes)
     timings["test_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
+    _share_from_main(ctx, (metrics, test_failures, timings))
 
     save_checkpoint(model, run_dir)
     pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes]).assign(
@@ -117,6 +167,11 @@ def run_training(cfg: Config, *, progress: bool = True, resume: bool = False) ->
         "best_epoch": result.best_epoch,
         "test": metrics,
         "timings": timings,
+        "distributed": {
+            "world_size": ctx.world_size, "backend": dist.get_backend() if ctx.enabled else None,
+            "head_global_batch": cfg.train.batch_size * ctx.world_size,
+            "finetune_global_batch": cfg.train.finetune_batch_size * ctx.world_size,
+        },
         "failures": [{"image": p, "error": e} for p, e in failures],
     }
     (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -1,0 +1,162 @@
+"""``cxrdx cv``, ``cxrdx compare`` and ``cxrdx report``: honest, patient-level evaluation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, DataOpt, ManifestOpt, SetOpt, build_config, console, friendly_errors
+
+
+def _default_out(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _print_results(result: dict) -> None:
+    from ..evaluation.tables import benchmark_table, comparison_table, confusion_table, macro_row_ci, metrics_table
+
+    for task, res in result["tasks"].items():
+        best = res["best"]
+        proto = best["protocol"]
+        console.rule(f"[bold]{task}[/] ({proto['n_images']} images, {proto['n_patients']} patients, {proto['folds']}-fold, {proto['label']})")
+        if len(res["rows"]) > 1:
+            console.print(comparison_table(res["rows"], title=f"{task}: ranked by {res['ranked_by']}"))
+        console.print(metrics_table(best["pooled"], title=f"{best['model']['name']}, pooled out-of-fold"))
+        console.print(macro_row_ci(best["pooled"]))
+        console.print(confusion_table(best["pooled"]))
+        op = best.get("operating_point")
+        if op:
+            t, ci = op["test"], op["ci"]
+            console.print(f"operating point (covid threshold chosen on validation for sensitivity >= {op['target_sensitivity']:.2f}): "
+                          f"test sensitivity {t['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, {ci['sensitivity'][1]:.3f}], "
+                          f"specificity {t['specificity']:.3f} [{ci['specificity'][0]:.3f}, {ci['specificity'][1]:.3f}]")
+        cal = best["calibration"]
+        line = f"ECE {cal['raw']['ece']:.3f}"
+        if "temperature_scaled" in cal:
+            line += f" -> {cal['temperature_scaled']['ece']:.3f} with temperature scaling"
+        console.print(line)
+        for name, s in best.get("shortcut", {}).items():
+            style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
+            console.print(f"[{style}]shortcut control ({name}): {s['verdict']['text']}[/]")
+        if res.get("trained_without_lungs"):
+            s = res["trained_without_lungs"]
+            style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
+            console.print(f"[{style}]shortcut control (trained without lungs): {s['verdict']['text']}[/]")
+        for src in best.get("per_source", []):
+            console.print(f"source {src['source']}: {src['n']} images {src['labels']}, accuracy {src['accuracy']:.3f}")
+        if res.get("image_level"):
+            leaky = res["image_level"]["pooled"]
+            console.print(f"[yellow]image-level (LEAKY) protocol, same model: accuracy {leaky['accuracy']:.3f} "
+                          f"vs patient-level {best['pooled']['accuracy']:.3f}[/]")
+    if result.get("benchmark"):
+        console.print(benchmark_table(result["benchmark"]))
+
+
+def _run(kind: str, cfg, req, out: Optional[Path]) -> None:
+    from ..evaluation.compare import run_grid
+
+    out_dir = out or _default_out(kind)
+    result = run_grid(cfg, req, out_dir, log=console.print)
+    _print_results(result)
+    console.print(f"wrote {out_dir / 'evaluation.json'} in {result['seconds']:.0f} s; "
+                  f"render it with [bold]cxrdx report {out_dir}[/]")
+
+
+def _tasks(cfg, task: Optional[str], benchmark: Optional[str]) -> list[str]:
+    from ..evaluation.benchmark import get_benchmark
+
+    if task:
+        return _split(task)
+    if benchmark:
+        return [t.name for t in get_benchmark(benchmark).tasks]
+    return [cfg.data.task]
+
+
+@friendly_errors
+def cv(
+    config: Optional[Path] = ConfigOpt,
+    data: Optional[Path] = DataOpt,
+    manifest: Optional[Path] = ManifestOpt,
+    model: Optional[str] = typer.Option(None, help="A head (lstm | gru | bilstm | bigru | attention | pool) or a baseline (svm | logreg). Default: model.head."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone whose cached features are used (default model.backbone)."),
+    task: Optional[str] = typer.Option(None, help="3class | binary | covid-vs-normal (comma-separated for several). Default: data.task, or the benchmark's tasks."),
+    benchmark: Optional[str] = typer.Option(None, help="darkcovidnet: its 1,124 rows, 3-class and covid-vs-normal, with the image-level (leaky) contrast."),
+    folds: Optional[int] = typer.Option(None, help="Number of patient-grouped folds (default 5)."),
+    temperature: Optional[bool] = typer.Option(None, "--temperature/--no-temperature", help="Temperature scaling fitted on each fold's validation part."),
+    target_sensitivity: Optional[float] = typer.Option(None, help="Covid operating point: sensitivity to reach on validation (default 0.95)."),
+    image_level: bool = typer.Option(False, "--image-level", help="Also run image-level (leaky) folds to show the leakage effect (on by default with --benchmark)."),
+    blackout: bool = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/cv-<time>)."),
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
+    """Patient-grouped, stratified k-fold cross-validation of one model on cached frozen features."""
+    from ..evaluation.compare import GridRequest
+
+    cfg = build_config(config, overrides, **{
+        "data.root": data, "data.manifest": manifest, "model.backbone": backbone, "evaluation.folds": folds,
+        "evaluation.temperature": temperature, "evaluation.target_sensitivity": target_sensitivity,
+    })
+    req = GridRequest(
+        tasks=_tasks(cfg, task, benchmark), models=[model or cfg.model.head], backbones=[cfg.model.backbone],
+        benchmark=benchmark, image_level=image_level or bool(benchmark), blackout=blackout, ensemble_top=0, command="cv",
+    )
+    _run("cv", cfg, req, out)
+
+
+@friendly_errors
+def compare(
+    config: Optional[Path] = ConfigOpt,
+    data: Optional[Path] = DataOpt,
+    manifest: Optional[Path] = ManifestOpt,
+    heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default evaluation.heads: lstm,gru,bilstm,bigru,attention,pool)."),
+    backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones (default evaluation.backbones; unavailable ones are listed as skipped)."),
+    baselines: Optional[str] = typer.Option(None, help="Comma-separated scikit-learn baselines on pooled features: svm,logreg ('' for none)."),
+    task: Optional[str] = typer.Option(None, help="3class | binary | covid-vs-normal (comma-separated). Default: data.task, or the benchmark's tasks."),
+    benchmark: Optional[str] = typer.Option(None, help="darkcovidnet: 3-class and covid-vs-normal on its 1,124 rows, beside the published numbers."),
+    folds: Optional[int] = typer.Option(None, help="Number of patient-grouped folds (default 5)."),
+    ensemble_top: int = typer.Option(3, help="Add an ensemble (mean probabilities) of the top N models by validation macro-F1; 0 = none."),
+    image_level: bool = typer.Option(False, "--image-level", help="Also run the top model on image-level (leaky) folds (on by default with --benchmark)."),
+    blackout: bool = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/compare-<time>)."),
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
+    """Backbones x heads plus baselines through the same patient-grouped folds: one ranked table."""
+    from ..evaluation.compare import GridRequest
+
+    cfg = build_config(config, overrides, **{
+        "data.root": data, "data.manifest": manifest, "evaluation.folds": folds, "evaluation.heads": heads,
+        "evaluation.backbones": backbones, "evaluation.baselines": baselines,
+    })
+    ev = cfg.evaluation
+    req = GridRequest(
+        tasks=_tasks(cfg, task, benchmark), models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones),
+        benchmark=benchmark, image_level=image_level or bool(benchmark), blackout=blackout, ensemble_top=ensemble_top,
+    )
+    _run("compare", cfg, req, out)
+
+
+@friendly_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder from cxrdx cv / compare / train / demo."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html; JSON beside it)."),
+    bootstrap: int = typer.Option(1000, help="Patient-bootstrap resamples for CIs computed here (runs from train/demo)."),
+) -> None:
+    """Self-contained HTML report (and the same data as JSON): metrics with CIs, plots, comparison, benchmark, confounding."""
+    from ..evaluation.report import write_report
+
+    html_path, json_path, missing = write_report(run_dir, out, n_boot=bootstrap)
+    console.print(f"wrote {html_path} and {json_path}")
+    for note in missing:
+        console.print(f"[dim]{note}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (cv, compare, report):
+        app.command()(fn)

@@ -1,0 +1,68 @@
+"""``cxrdx serve`` (REST API + web page) and ``cxrdx export --onnx``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import ConfigOpt, SetOpt, build_config, console, friendly_errors
+
+
+@friendly_errors
+def serve(
+    model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Run folder (default runs/demo)."),
+    host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+    runtime: Optional[str] = typer.Option(None, help="torch | onnx (onnx needs `cxrdx export --onnx RUN_DIR`)."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="Audit log SQLAlchemy URL (default: SQLite under $CXRDX_HOME)."),
+    max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Larger uploads get 413 (default 20)."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: all cores)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
+    """Serve the model: POST /v1/predict, /v1/explain, GET /v1/models, /v1/predictions, /healthz, web page at /.
+
+    Set CXRDX_API_TOKEN to require `Authorization: Bearer <token>` on every /v1 route.
+    """
+    import uvicorn
+
+    from ..serve.app import create_app
+
+    cfg = build_config(config, overrides, **{
+        "serve.model_dir": model_dir, "serve.host": host, "serve.port": port, "serve.runtime": runtime,
+        "serve.database_url": database_url, "serve.threads": threads,
+        "serve.max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
+    })
+    s = cfg.serve
+    app = create_app(s, data_cfg=cfg.data)
+    service, audit = app.state.service, app.state.audit
+    console.print(f"serving [bold]{service.identity.id}[/] {service.identity.version} ({s.runtime}) from {s.model_dir}")
+    console.print(f"audit log: {audit.engine.url.render_as_string(hide_password=True)}; "
+                  f"token: {'required' if s.api_token() else 'not required (set ' + s.token_env + ')'}")
+    console.print(f"web page http://{s.host}:{s.port}/  docs http://{s.host}:{s.port}/docs")
+    console.print("[dim]Research tool, not a diagnosis.[/]")
+    uvicorn.run(app, host=s.host, port=s.port, log_level="info")
+
+
+@friendly_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="Run folder from `cxrdx train`."),
+    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the only format so far)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default RUN_DIR/model.onnx)."),
+) -> None:
+    """Export the whole model (backbone + head + softmax) for fast CPU serving; checks it against PyTorch."""
+    from ..serve.export import export_run
+
+    if not onnx:
+        raise typer.BadParameter("choose a format: --onnx")
+    result = export_run(run_dir, out)
+    size_mb = result.path.stat().st_size / 1e6
+    console.print(f"wrote {result.path} ({size_mb:.1f} MB); max |ONNX Runtime - PyTorch| probability "
+                  f"on a check batch: {result.max_abs_diff:.1e}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(export)

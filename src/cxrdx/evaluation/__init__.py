@@ -1,0 +1,1 @@
+"""Honest evaluation: patient-grouped CV, patient-bootstrap CIs, calibration, comparisons, benchmark, report."""

@@ -1,0 +1,135 @@
+"""95% confidence intervals by bootstrap resampling of **patients**, not images.
+
+Images of one patient are correlated; resampling images would give intervals
+that are too narrow. Each resample draws patients with replacement and keeps
+all of their images, then recomputes the metrics with scikit-learn.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+
+from .metrics import compute_metrics
+
+MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float | None]]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, float | None]:
+    """``{"per_class": {"covid": {"f1": 0.9}}}`` -> ``{"per_class.covid.f1": 0.9}`` (numbers and None only)."""
+    flat: dict[str, float | None] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = None if value is None else float(value)
+    return flat
+
+
+def unflatten(flat: dict[str, object]) -> dict:
+    tree: dict = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def full_metric_fn(classes: tuple[str, ...] | list[str]) -> MetricFn:
+    """Every rate of :func:`compute_metrics` (not counts), flattened."""
+
+    def fn(y: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+        flat = flatten(compute_metrics(y, probs, classes))
+        return {k: v for k, v in flat.items() if _is_rate(k)}
+
+    return fn
+
+
+def _is_rate(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return key != "n" and leaf not in ("support", "tp", "fn", "tn", "fp", "threshold") and not key.startswith("confusion")
+
+
+def light_metric_fn(classes: tuple[str, ...] | list[str]) -> MetricFn:
+    """The comparison-table columns only (accuracy, macro-F1, covid sensitivity, macro AUC): fast enough for grids."""
+    labels = list(range(len(classes)))
+    covid = list(classes).index("covid") if "covid" in classes else 0
+
+    def fn(y: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+        pred = probs.argmax(1)
+        recall = recall_score(y, pred, labels=labels, average=None, zero_division=0)
+        neg = y != covid
+        out = {
+            "accuracy": float(accuracy_score(y, pred)),
+            "macro.f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+            "per_class.covid.sensitivity": float(recall[covid]),
+            "per_class.covid.specificity": float(recall_score(neg, pred != covid, zero_division=0)) if neg.any() else None,
+            "macro.auc": None,
+        }
+        if len(np.unique(y)) == len(classes):
+            if len(classes) == 2:
+                out["macro.auc"] = float(roc_auc_score(y == covid, probs[:, covid]))
+            else:
+                out["macro.auc"] = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=labels))
+        return out
+
+    return fn
+
+
+def patient_bootstrap(
+    y: np.ndarray,
+    probs: np.ndarray,
+    patients: np.ndarray,
+    metric_fn: MetricFn,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float | None]]:
+    """Percentile CI of every key of ``metric_fn`` over ``n_boot`` patient resamples.
+
+    Returns ``{key: [low, high]}``; ``[None, None]`` where the metric was undefined
+    in too many resamples (e.g. an AUC when a class is absent).
+    """
+    y = np.asarray(y)
+    probs = np.asarray(probs)
+    patients = np.asarray(patients).astype(str)
+    uniq, inverse = np.unique(patients, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(inverse, minlength=len(uniq)))]
+    rows_of = [order[starts[i] : starts[i + 1]] for i in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        chosen = rng.integers(0, len(uniq), size=len(uniq))
+        idx = np.concatenate([rows_of[c] for c in chosen])
+        for key, value in metric_fn(y[idx], probs[idx]).items():
+            lst = samples.setdefault(key, [])
+            if value is not None and np.isfinite(value):
+                lst.append(value)
+    alpha = (1.0 - level) / 2.0
+    out: dict[str, list[float | None]] = {}
+    for key, values in samples.items():
+        if len(values) < 0.9 * n_boot:
+            out[key] = [None, None]
+        else:
+            lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+            out[key] = [float(lo), float(hi)]
+    return out
+
+
+def metrics_with_ci(
+    y: np.ndarray, probs: np.ndarray, patients: np.ndarray, classes, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+) -> dict:
+    """:func:`compute_metrics` plus ``ci`` (same nesting as the metrics) and a note on how it was computed."""
+    metrics = compute_metrics(y, probs, classes)
+    flat_ci = patient_bootstrap(y, probs, patients, full_metric_fn(classes), n_boot=n_boot, level=level, seed=seed)
+    metrics["ci"] = unflatten(flat_ci)
+    metrics["ci_method"] = {"resamples": n_boot, "level": level, "unit": "patient", "seed": seed,
+                            "n_patients": int(len(np.unique(np.asarray(patients).astype(str))))}
+    return metrics

@@ -1,0 +1,225 @@
+"""Patient-grouped, stratified k-fold cross-validation on cached frozen features.
+
+Every fold: the test part is one fold of patients; a patient-grouped
+validation part is held out of the remaining folds for early stopping,
+temperature and the covid threshold; the model is fitted on the rest. Nothing
+is ever tuned on the test fold. Out-of-fold predictions of all folds are then
+pooled and scored (:mod:`cxrdx.evaluation.summary`).
+
+``group_by="image"`` gives the leaky image-level protocol of the literature;
+it exists only to measure the leakage effect beside the patient-level numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from ..config import ConfigError, EvalConfig, ModelConfig, TrainConfig
+from ..data.splits import assert_no_patient_leakage, kfold_indices
+from ..models.heads import HEADS, create_head
+from ..progress import progress_bar
+from ..training.head_trainer import predict_proba, train_head
+
+BASELINES = {
+    "svm": "SVM (RBF, scikit-learn) on pooled CNN features",
+    "logreg": "logistic regression (scikit-learn) on pooled CNN features",
+}
+LOGREG_C_GRID = (0.01, 0.1, 1.0)
+"""Inverse regularisation strengths tried for logistic regression; chosen on each fold's validation part."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model: a sequence/pool head on a backbone's cached map, or a scikit-learn baseline."""
+
+    name: str
+    kind: str
+    """``head``, ``svm`` or ``logreg``."""
+    backbone: str = "tf_efficientnet_lite0"
+    head: str | None = None
+    variant: str = "plain"
+    image_size: int = 224
+
+    @classmethod
+    def parse(cls, model: str, backbone: str = "tf_efficientnet_lite0", variant: str = "plain", image_size: int = 224) -> "Candidate":
+        """``bilstm`` / ``pool`` / ... (heads) or ``svm`` / ``logreg`` (baselines)."""
+        if model in BASELINES:
+            return cls(f"{backbone}+{model}", model, backbone, None, variant, image_size)
+        if model not in HEADS:
+            raise ConfigError(f"unknown model {model!r}; choose a head {sorted(HEADS)} or a baseline {sorted(BASELINES)}")
+        return cls(f"{backbone}+{model}", "head", backbone, model, variant, image_size)
+
+    @property
+    def description(self) -> str:
+        if self.kind == "ensemble":
+            return f"{self.backbone}: mean probabilities of {self.name}"
+        what = BASELINES.get(self.kind) or HEADS[self.head].description
+        size = f", {self.image_size}px" if self.image_size != 224 else ""
+        variant = f", features '{self.variant}'" if self.variant != "plain" else ""
+        return f"{self.backbone}{size}{variant}: {what}"
+
+
+@dataclass
+class FoldPrediction:
+    fold: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    val_probs: np.ndarray
+    test_probs: np.ndarray
+    extra_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Probabilities of the test rows under other feature sets (e.g. lungs blacked out)."""
+    val_f1: float = float("nan")
+    info: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class CVRun:
+    candidate: Candidate
+    classes: tuple[str, ...]
+    manifest: pd.DataFrame
+    group_by: str
+    folds: list[FoldPrediction]
+    seconds: float = 0.0
+
+    @property
+    def mean_val_f1(self) -> float:
+        return float(np.mean([f.val_f1 for f in self.folds]))
+
+    @property
+    def mean_val_log_loss(self) -> float:
+        """Validation log-loss (tie-breaker when validation F1 saturates)."""
+        y = self.manifest["target"].to_numpy()
+        labels = list(range(len(self.classes)))
+        return float(np.mean([log_loss(y[f.val_idx], np.clip(f.val_probs, 1e-7, 1), labels=labels) for f in self.folds]))
+
+
+def fold_plan(df: pd.DataFrame, n_folds: int, seed: int, val_fraction: float, group_by: str = "patient_id"):
+    """``(train_idx, val_idx, test_idx)`` per fold; validation is always grouped by patient."""
+    plan = []
+    for test_fold, (rest, test) in enumerate(kfold_indices(df, n_splits=n_folds, seed=seed, group_by=group_by)):
+        rest_df = df.iloc[rest].reset_index(drop=True)
+        n_inner = max(2, int(round(1.0 / val_fraction)))
+        tr, va = next(kfold_indices(rest_df, n_splits=n_inner, seed=seed + 1 + test_fold))
+        train, val = rest[tr], rest[va]
+        if group_by == "patient_id":
+            assert_no_patient_leakage(df.iloc[train], df.iloc[val], df.iloc[test])
+        plan.append((train, val, test))
+    return plan
+
+
+def _macro_f1(y: np.ndarray, probs: np.ndarray, n: int) -> float:
+    return float(f1_score(y, probs.argmax(1), labels=list(range(n)), average="macro", zero_division=0))
+
+
+def head_train_config(train: TrainConfig, ev: EvalConfig) -> TrainConfig:
+    """The training recipe inside CV: ``train`` with the evaluation section's epochs / lr / patience."""
+    cfg = copy.deepcopy(train)
+    cfg.epochs, cfg.lr, cfg.patience = ev.epochs, ev.lr, ev.patience
+    return cfg
+
+
+def _fit_head(cand, maps, y, train, val, evals, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    torch.manual_seed(train_cfg.seed)
+    head = create_head(cand.head, maps.shape[1], n_cls, hidden=model_cfg.hidden, proj_dim=model_cfg.proj_dim, dropout=model_cfg.dropout)
+    result = train_head(head, maps[train], y[train], maps[val], y[val], train_cfg, n_cls, progress=False)
+    outs = [predict_proba(head, x) for x in evals]
+    return predict_proba(head, maps[val]), outs, {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+
+
+def _sk_model(kind: str, c: float, seed: int):
+    if kind == "svm":
+        svc = SVC(C=c, kernel="rbf", class_weight="balanced", random_state=seed)
+        return make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, ensemble=False))  # Platt-scaled probabilities
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, class_weight="balanced"))
+
+
+def _fit_sklearn(cand, pooled, y, train, val, evals, n_cls, seed: int):
+    grid = LOGREG_C_GRID if cand.kind == "logreg" else (1.0,)
+    best = None
+    for c in grid:  # regularisation chosen on the validation part only
+        model = _sk_model(cand.kind, c, seed).fit(pooled[train], y[train])
+        val_probs = model.predict_proba(pooled[val])
+        score = _macro_f1(y[val], val_probs, n_cls)
+        if best is None or score > best[0]:
+            best = (score, c, model, val_probs)
+    _, c, model, val_probs = best
+    return val_probs, [model.predict_proba(x) for x in evals], {"C": c}
+
+
+def run_cv(
+    maps: np.ndarray,
+    manifest: pd.DataFrame,
+    classes: tuple[str, ...],
+    candidate: Candidate,
+    ev: EvalConfig,
+    *,
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    group_by: str = "patient_id",
+    extra_maps: dict[str, np.ndarray] | None = None,
+    plan: list | None = None,
+    progress: bool = True,
+) -> CVRun:
+    """Cross-validate ``candidate`` on feature ``maps`` (``[N, C, H, W]``, rows of ``manifest``)."""
+    t0 = time.perf_counter()
+    model_cfg = model_cfg or ModelConfig()
+    tcfg = head_train_config(train_cfg or TrainConfig(), ev)
+    y = manifest["target"].to_numpy()
+    n_cls = len(classes)
+    plan = plan if plan is not None else fold_plan(manifest, ev.folds, ev.fold_seed, ev.val_fraction, group_by)
+    extra_maps = extra_maps or {}
+    if candidate.kind == "head":
+        data = torch.from_numpy(np.asarray(maps, dtype=np.float32))
+        extras = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in extra_maps.items()}
+    else:
+        data = np.asarray(maps, dtype=np.float32).mean(axis=(2, 3))
+        extras = {k: np.asarray(v, dtype=np.float32).mean(axis=(2, 3)) for k, v in extra_maps.items()}
+    folds: list[FoldPrediction] = []
+    with progress_bar(total=len(plan), description=f"cv {candidate.name}", enabled=progress) as bar:
+        for k, (train, val, test) in enumerate(plan):
+            t = time.perf_counter()
+            evals = [data[test]] + [extras[name][test] for name in extras]
+            if candidate.kind == "head":
+                val_probs, outs, info = _fit_head(candidate, data, y, train, val, evals, n_cls, model_cfg, tcfg)
+            else:
+                val_probs, outs, info = _fit_sklearn(candidate, data, y, train, val, evals, n_cls, tcfg.seed)
+            folds.append(FoldPrediction(
+                k, train, val, test, val_probs, outs[0], dict(zip(extras, outs[1:])),
+                _macro_f1(y[val], val_probs, n_cls), info, time.perf_counter() - t,
+            ))
+            bar.advance()
+    return CVRun(candidate, tuple(classes), manifest, group_by, folds, time.perf_counter() - t0)
+
+
+def average_runs(runs: list[CVRun], name: str) -> CVRun:
+    """Ensemble: the mean probabilities of runs made on the same folds and rows."""
+    first = runs[0]
+    folds = []
+    for parts in zip(*(r.folds for r in runs)):
+        f0 = parts[0]
+        if any(not np.array_equal(p.test_idx, f0.test_idx) or not np.array_equal(p.val_idx, f0.val_idx) for p in parts):
+            raise ValueError("ensemble members must share the same folds")
+        val_probs = np.mean([p.val_probs for p in parts], axis=0)
+        y_val = first.manifest["target"].to_numpy()[f0.val_idx]
+        folds.append(FoldPrediction(
+            f0.fold, f0.train_idx, f0.val_idx, f0.test_idx, val_probs, np.mean([p.test_probs for p in parts], axis=0),
+            {k: np.mean([p.extra_probs[k] for p in parts], axis=0) for k in f0.extra_probs},
+            _macro_f1(y_val, val_probs, len(first.classes)), {"members": [r.candidate.name for r in runs]},
+            sum(p.seconds for p in parts),
+        ))
+    cand = Candidate(name, "ensemble", first.candidate.backbone, None, first.candidate.variant, first.candidate.image_size)
+    return CVRun(cand, first.classes, first.manifest, first.group_by, folds, sum(r.seconds for r in runs))

@@ -1,0 +1,184 @@
+"""Load and fault test against a running server (loopback): concurrent clients, valid and broken uploads.
+
+Used by ``benchmarks/load.py`` (50 clients) and by the test suite (a small run).
+It reports the rate served, latency percentiles, status counts (5xx must be 0)
+and whether the audit log gained exactly one row per successful prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import random
+import socket
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+    content_type: str
+    kind: str
+    """``valid`` or what is wrong with it (``empty``, ``random_bytes``, ...)."""
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bad_uploads(max_upload_bytes: int, seed: int = 0) -> list[Upload]:
+    """Files a PACS export or a user could send that are not usable X-rays; each must get a 4xx."""
+    rng = np.random.default_rng(seed)
+    ok_png = _png(rng.integers(0, 255, (128, 128), dtype=np.uint8))
+    bomb = io.BytesIO()
+    Image.new("L", (8200, 8200)).save(bomb, format="PNG")  # 67 Mpx of zeros: a tiny file, a huge image
+    dicom_junk = b"\0" * 128 + b"DICM" + rng.bytes(2048)
+    return [
+        Upload("empty.png", b"", "image/png", "empty"),
+        Upload("noise.png", rng.bytes(4096), "image/png", "random_bytes"),
+        Upload("notes.txt", b"patient notes, not an image\n" * 20, "text/plain", "text"),
+        Upload("cut.png", ok_png[: len(ok_png) // 2], "image/png", "truncated_png"),
+        Upload("tiny.png", _png(np.zeros((8, 8), np.uint8)), "image/png", "too_small"),
+        Upload("broken.dcm", dicom_junk, "application/dicom", "corrupt_dicom"),
+        Upload("fake.jpg", b"\xff\xd8\xff\xe0" + rng.bytes(3000), "image/jpeg", "corrupt_jpeg"),
+        Upload("bomb.png", bomb.getvalue(), "image/png", "decompression_bomb"),
+        Upload("huge.png", b"\x89PNG\r\n\x1a\n" + b"\0" * (max_upload_bytes + 1), "image/png", "over_upload_limit"),
+    ]
+
+
+@dataclass
+class LoadReport:
+    clients: int
+    requests: int
+    elapsed_s: float
+    rate_req_s: float
+    """All answered requests per second."""
+    rate_ok_s: float
+    """Successful predictions per second."""
+    latency_ms: dict
+    """p50 / p95 / p99 / max over all requests, and over valid uploads only."""
+    status_counts: dict
+    by_kind: dict
+    """kind -> {status: count}."""
+    server_errors_5xx: int
+    transport_errors: int
+    successes: int
+    audit_rows_added: int | None
+    audit_matches: bool | None
+    stopped_by_deadline: bool
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    q = np.percentile(np.asarray(values), [50, 95, 99])
+    return {"p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2]), "max": float(max(values)),
+            "mean": float(statistics.fmean(values))}
+
+
+async def _audit_total(client: httpx.AsyncClient) -> int | None:
+    resp = await client.get("/v1/predictions", params={"limit": 1})
+    return resp.json()["total"] if resp.status_code == 200 else None
+
+
+async def run_load_async(
+    base_url: str, valid: list[Upload], bad: list[Upload], *, clients: int = 50, total: int = 1000,
+    max_seconds: float = 120.0, valid_share: float = 0.8, token: str | None = None, seed: int = 0,
+    endpoint: str = "/v1/predict",
+) -> LoadReport:
+    rng = random.Random(seed)
+    plan = [rng.choice(valid) if rng.random() < valid_share or not bad else rng.choice(bad) for _ in range(total)]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    results: list[tuple[str, int, float]] = []
+    transport_errors = 0
+    next_index = 0
+    deadline = time.monotonic() + max_seconds
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=max_seconds) as client:
+        before = await _audit_total(client)
+
+        async def worker() -> None:
+            nonlocal next_index, transport_errors
+            while time.monotonic() < deadline:
+                if next_index >= len(plan):
+                    return
+                up = plan[next_index]
+                next_index += 1
+                t = time.perf_counter()
+                try:
+                    resp = await client.post(endpoint, files={"file": (up.name, up.data, up.content_type)})
+                    results.append((up.kind, resp.status_code, (time.perf_counter() - t) * 1000))
+                except httpx.HTTPError:
+                    transport_errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+        after = await _audit_total(client)
+    statuses = Counter(s for _, s, _ in results)
+    by_kind: dict[str, Counter] = {}
+    for kind, s, _ in results:
+        by_kind.setdefault(kind, Counter())[s] += 1
+    successes = statuses.get(200, 0)
+    added = after - before if before is not None and after is not None else None
+    notes = []
+    if added is None:
+        notes.append("audit rows not checked: GET /v1/predictions refused (token?)")
+    return LoadReport(
+        clients=clients, requests=len(results), elapsed_s=elapsed, rate_req_s=len(results) / elapsed,
+        rate_ok_s=successes / elapsed,
+        latency_ms={"all": _percentiles([ms for _, _, ms in results]),
+                    "valid": _percentiles([ms for k, _, ms in results if k == "valid"])},
+        status_counts={str(k): v for k, v in sorted(statuses.items())},
+        by_kind={k: {str(s): n for s, n in sorted(c.items())} for k, c in sorted(by_kind.items())},
+        server_errors_5xx=sum(v for k, v in statuses.items() if k >= 500), transport_errors=transport_errors,
+        successes=successes, audit_rows_added=added, audit_matches=None if added is None else added == successes,
+        stopped_by_deadline=len(results) + transport_errors < total, notes=notes,
+    )
+
+
+def run_load(*args, **kwargs) -> LoadReport:
+    return asyncio.run(run_load_async(*args, **kwargs))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0):
+    """Run ``app`` under uvicorn in a background thread; yields the base URL and stops the server after."""
+    import uvicorn
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() - start > timeout:
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

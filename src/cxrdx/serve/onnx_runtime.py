@@ -1,0 +1,82 @@
+"""ONNX Runtime inference with the same decode / preprocess path as :class:`~cxrdx.inference.Predictor`.
+
+:class:`OnnxPredictor` subclasses ``Predictor`` and replaces only the model
+call, so PNG / JPEG / DICOM reading, size limits, resizing, normalisation,
+batching and per-file error handling are the very same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.io import ReadLimits
+from ..data.transforms import build_transform
+from ..inference.predictor import Predictor
+from ..training.checkpoint import CheckpointError
+from .export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME
+from .identity import model_identity
+
+
+class OnnxModelError(CheckpointError):
+    """No ONNX file, or one that no longer matches the run folder's weights."""
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+class OnnxPredictor(Predictor):
+    """Batched, failure-tolerant prediction with ONNX Runtime on the CPU."""
+
+    def __init__(self, onnx_path: str | Path, limits: ReadLimits | None = None, batch_size: int = 16,
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise OnnxModelError(f"{self.path} not found: run `cxrdx export --onnx {self.path.parent}` first")
+        self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=["CPUExecutionProvider"])
+        raw = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        if raw is None:
+            raise OnnxModelError(f"{self.path} was not written by `cxrdx export --onnx` (no cxrdx metadata)")
+        self.meta = json.loads(raw)
+        self.model = None
+        self.limits = limits or ReadLimits()
+        self.batch_size = batch_size
+        self.transform = build_transform(int(self.meta["image_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"]))
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, **kwargs) -> "OnnxPredictor":
+        """The run folder's ``model.onnx``, refused if the weights changed since it was exported."""
+        run_dir = Path(run_dir)
+        path = run_dir / ONNX_FILE
+        if not path.is_file():
+            raise OnnxModelError(f"{path} not found: run `cxrdx export --onnx {run_dir}` first")
+        predictor = cls(path, **kwargs)
+        current = model_identity(run_dir).version
+        if predictor.meta.get("model_version") != current:
+            raise OnnxModelError(
+                f"{path} was exported from weights {predictor.meta.get('model_version')} but {run_dir} now holds "
+                f"{current}: run `cxrdx export --onnx {run_dir}` again"
+            )
+        return predictor
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]

@@ -1,0 +1,95 @@
+"""Shared helpers for the serve / ONNX / audit / web tests (no tests here).
+
+Models are built in the test session: the ImageNet backbone (offline weights)
+with a seeded random head, saved with ``save_checkpoint`` and exported to ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_xray
+
+
+def make_run(run_dir: Path, head: str = "bilstm", weights: str = "imagenet", seed: int = 0, export: bool = True) -> Path:
+    from cxrdx.models.factory import create_model
+    from cxrdx.serve.export import export_run
+    from cxrdx.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    save_checkpoint(create_model("tf_efficientnet_lite0", head, weights=weights), run_dir)
+    if export:
+        export_run(run_dir)
+    return run_dir
+
+
+def cxr3_images(root: Path, n: int) -> list[Path]:
+    """``n`` real cxr3 PNGs spread over the three classes."""
+    import pandas as pd
+
+    meta = pd.read_csv(root / "metadata.csv")
+    rows = pd.concat([g.head((n + 2) // 3) for _, g in meta.groupby("label")]).head(n)
+    return [root / p for p in rows["image"]]
+
+
+def dicom_bytes(arr: np.ndarray | None = None, patient_name: str = "Doe^Jane") -> bytes:
+    """A 16-bit MONOCHROME2 DICOM file of a synthetic X-ray (with a patient name that must never leak)."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    arr = make_xray() if arr is None else arr
+    pixels = (arr.astype(np.uint16) * 16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = patient_name, "PID-0042", "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory) -> Path:
+    """ImageNet backbone + seeded random bilstm head, with model.onnx (shared by the serve tests)."""
+    return make_run(tmp_path_factory.mktemp("served") / "run")
+
+
+def make_app(run_dir: Path, tmp_path: Path, **settings):
+    from cxrdx.config import ServeConfig
+    from cxrdx.serve.app import create_app
+
+    settings.setdefault("database_url", f"sqlite:///{tmp_path / 'audit.db'}")
+    return create_app(ServeConfig(model_dir=str(run_dir), **settings))
