@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def train(
         },
     )
     outcome = run_training(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     _print_outcome(outcome.metrics, f"Held-out test patients ({cfg.model.backbone} + {cfg.model.head})")
     for path, err in outcome.failures:
         err_console.print(f"[yellow]skipped[/] {err}")
