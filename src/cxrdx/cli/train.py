@@ -70,7 +70,7 @@ def evaluate(
 
     from ..config import Config
     from ..data.manifest import load_manifest
-    from ..evaluation.metrics import compute_metrics
+    from ..evaluation.bootstrap import metrics_with_ci
     from ..inference.predictor import predict_manifest
     from ..training.checkpoint import load_checkpoint
 
@@ -87,7 +87,7 @@ def evaluate(
         df = split if part == "all" else split[split["part"] == part]
         df = df.assign(target=[classes.index(lab) for lab in df["label"]]).reset_index(drop=True)
     probs, kept, failures = predict_manifest(model, df, cfg.data.resolved_cache_dir())
-    metrics = compute_metrics(kept["target"].to_numpy(), probs, classes)
+    metrics = metrics_with_ci(kept["target"].to_numpy(), probs, kept["patient_id"].to_numpy(), classes)
     _print_outcome(metrics, f"{run_dir} on {'given data' if data or manifest else part + ' split'}")
     for path, err in failures:
         err_console.print(f"[yellow]skipped[/] {err}")
@@ -159,8 +159,15 @@ def demo(
     )
     _print_outcome(outcome.metrics, "Held-out test patients")
     m = outcome.metrics
-    console.print(f"[bold]test accuracy {m['accuracy']:.3f}[/]; " + "; ".join(
-        f"{c}: sensitivity {v['sensitivity']:.3f}, specificity {v['specificity']:.3f}" for c, v in m["per_class"].items()
+    ci = m.get("ci", {})
+
+    def _ci(values) -> str:
+        return f" [{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] is not None else ""
+
+    console.print(f"[bold]test accuracy {m['accuracy']:.3f}{_ci(ci.get('accuracy'))}[/] (95% CI, patient bootstrap); " + "; ".join(
+        f"{c}: sensitivity {v['sensitivity']:.3f}{_ci(ci.get('per_class', {}).get(c, {}).get('sensitivity'))}, "
+        f"specificity {v['specificity']:.3f}{_ci(ci.get('per_class', {}).get(c, {}).get('specificity'))}"
+        for c, v in m["per_class"].items()
     ))
     console.print(f"wrote {outcome.run_dir / 'metrics.json'} in {outcome.timings['total_s']:.0f} s")
     console.print("[dim]Research tool, not a diagnosis. Covid and normal images come from different sources; see `cxrdx report` for the source-confounding check.[/]")

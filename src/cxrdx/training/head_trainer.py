@@ -101,7 +101,7 @@ def train_head(
                 loss.backward()
                 nn.utils.clip_grad_norm_(head.parameters(), 5.0)
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
                 count += len(idx)
             sched.step()
             val_pred = predict_proba(head, x_val).argmax(1)

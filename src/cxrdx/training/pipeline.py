@@ -22,7 +22,7 @@ from ..config import Config
 from ..data.io import ReadLimits
 from ..data.manifest import load_manifest
 from ..data.splits import assert_no_patient_leakage, train_val_test_split
-from ..evaluation.metrics import compute_metrics
+from ..evaluation.bootstrap import metrics_with_ci
 from ..features.cache import FeatureSet, extract_features
 from ..inference.predictor import predict_manifest
 from ..models.factory import create_model
@@ -149,7 +149,7 @@ def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunO
 
     t = time.perf_counter()
     probs, kept, test_failures = predict_manifest(model, test, cache_dir, progress=progress, limits=limits)
-    metrics = compute_metrics(kept["target"].to_numpy(), probs, cfg.data.classes)
+    metrics = metrics_with_ci(kept["target"].to_numpy(), probs, kept["patient_id"].to_numpy(), cfg.data.classes)
     timings["test_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     _share_from_main(ctx, (metrics, test_failures, timings))
