@@ -56,3 +56,28 @@ def make_xray(size: tuple[int, int] = (256, 300), seed: int = 0) -> np.ndarray:
         img -= 110 * np.exp(-(((xx - cx) / (0.14 * w)) ** 2 + ((yy - 0.5 * h) / (0.3 * h)) ** 2))
     img += rng.normal(0, 8, size=(h, w))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def dicom_bytes(arr: np.ndarray | None = None, patient_name: str = "Doe^Jane") -> bytes:
+    """A 16-bit MONOCHROME2 DICOM file of a synthetic X-ray (with a patient name that must never leak)."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    arr = make_xray() if arr is None else arr
+    pixels = (arr.astype(np.uint16) * 16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = patient_name, "PID-0042", "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

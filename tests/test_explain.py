@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from cxrdx.explain import METHODS, Explanation
 from cxrdx.models import create_model
 from cxrdx.training.head_trainer import train_head
 
-from conftest import make_xray
+from conftest import dicom_bytes, make_xray
 
 
 @pytest.fixture(scope="module")
@@ -90,29 +89,8 @@ def test_unreadable_input_is_a_typed_error(model):
         cxrdx.explain(model, b"definitely not an image")
 
 
-def _dicom_bytes(pixels: np.ndarray) -> bytes:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName, ds.PatientID = "DX", "Test^Patient", "P123"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def test_dicom_input(model, tmp_path):
-    pixels = make_xray((180, 150), seed=4).astype(np.uint16) * 16  # 12-bit data
-    data = _dicom_bytes(pixels)
+    data = dicom_bytes(make_xray((180, 150), seed=4))  # 12-bit data
     path = tmp_path / "chest.dcm"
     path.write_bytes(data)
     from_file = cxrdx.explain(model, path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_xray
+from conftest import dicom_bytes, make_xray  # noqa: F401 (dicom_bytes re-exported for the serve tests)
 
 
 def make_run(run_dir: Path, head: str = "bilstm", weights: str = "imagenet", seed: int = 0, export: bool = True) -> Path:
@@ -34,31 +34,6 @@ def cxr3_images(root: Path, n: int) -> list[Path]:
     meta = pd.read_csv(root / "metadata.csv")
     rows = pd.concat([g.head((n + 2) // 3) for _, g in meta.groupby("label")]).head(n)
     return [root / p for p in rows["image"]]
-
-
-def dicom_bytes(arr: np.ndarray | None = None, patient_name: str = "Doe^Jane") -> bytes:
-    """A 16-bit MONOCHROME2 DICOM file of a synthetic X-ray (with a patient name that must never leak)."""
-    import io
-
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    arr = make_xray() if arr is None else arr
-    pixels = (arr.astype(np.uint16) * 16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.Modality = patient_name, "PID-0042", "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
