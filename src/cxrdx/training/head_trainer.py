@@ -60,6 +60,21 @@ def sharded_confusion(predict, n: int, y: np.ndarray, num_classes: int, ctx: Dis
     return all_reduce_sum(local)
 
 
+class _BestEpoch:
+    """Early stopping on validation macro-F1: keeps the best epoch's weights."""
+
+    def __init__(self, head: nn.Module, patience: int):
+        self.state, self.f1, self.epoch, self.stale, self.patience = copy.deepcopy(head.state_dict()), -1.0, 0, 0, patience
+
+    def stop_after(self, epoch: int, val_f1: float, head: nn.Module) -> bool:
+        if val_f1 > self.f1:
+            self.f1, self.epoch, self.stale = val_f1, epoch, 0
+            self.state = copy.deepcopy(head.state_dict())
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+
 def train_head(
     head: nn.Module,
     x_train: torch.Tensor,
@@ -85,7 +100,7 @@ def train_head(
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     yt = torch.as_tensor(y_train, dtype=torch.long)
-    best_state, best_f1, best_epoch, stale = copy.deepcopy(head.state_dict()), -1.0, 0, 0
+    best = _BestEpoch(head, cfg.patience)
     history: list[dict] = []
     with progress_bar(total=cfg.epochs, description="train head", enabled=progress) as bar:
         for epoch in range(1, cfg.epochs + 1):
@@ -110,16 +125,11 @@ def train_head(
             history.append({"epoch": epoch, "loss": total / max(count, 1), "val_f1": val_f1, "val_acc": val_acc})
             bar.advance()
             bar.set(f"loss {total / max(count, 1):.3f}  val F1 {val_f1:.3f}  acc {val_acc:.3f}")
-            if val_f1 > best_f1:
-                best_f1, best_epoch, stale = val_f1, epoch, 0
-                best_state = copy.deepcopy(head.state_dict())
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-    head.load_state_dict(best_state)
+            if best.stop_after(epoch, val_f1, head):
+                break
+    head.load_state_dict(best.state)
     head.eval()
-    return TrainResult(best_epoch, best_f1, history)
+    return TrainResult(best.epoch, best.f1, history)
 
 
 def _train_head_distributed(
@@ -151,7 +161,7 @@ def _train_head_distributed(
         out = [head(x_val[idx[i : i + 256]].to(device)).argmax(1).cpu() for i in range(0, len(idx), 256)]
         return torch.cat(out).numpy()
 
-    best_state, best_f1, best_epoch, stale = copy.deepcopy(head.state_dict()), -1.0, 0, 0
+    best = _BestEpoch(head, cfg.patience)
     history: list[dict] = []
     with progress_bar(total=cfg.epochs, description=f"train head ({ctx.world_size} processes)", enabled=progress and ctx.is_main) as bar:
         for epoch in range(1, cfg.epochs + 1):
@@ -177,13 +187,8 @@ def _train_head_distributed(
             history.append({"epoch": epoch, "loss": total / max(count, 1e-12), "val_f1": val_f1, "val_acc": val_acc})
             bar.advance()
             bar.set(f"loss {total / max(count, 1e-12):.3f}  val F1 {val_f1:.3f}  acc {val_acc:.3f}")
-            if val_f1 > best_f1:
-                best_f1, best_epoch, stale = val_f1, epoch, 0
-                best_state = copy.deepcopy(head.state_dict())
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
-    head.load_state_dict(best_state)
+            if best.stop_after(epoch, val_f1, head):
+                break
+    head.load_state_dict(best.state)
     head.to("cpu").eval()
-    return TrainResult(best_epoch, best_f1, history)
+    return TrainResult(best.epoch, best.f1, history)
