@@ -127,3 +127,40 @@ def test_missing_or_stale_onnx_is_refused_with_a_clear_message(tmp_path):
     other = tmp_path / "copy.onnx"
     shutil.copy(run / "model.onnx", other)
     assert OnnxPredictor(other).classes == ["covid", "pneumonia", "normal"]
+
+
+@pytest.mark.parametrize("size", [224, 227, 320])
+def test_frozen_same_padding_is_exact_and_static(size):
+    """TF-"SAME" padding fixed for one input size gives the dynamic model's output, for even and odd sizes."""
+    from cxrdx.models.factory import create_model
+    from cxrdx.models.static_padding import StaticPadConv2d, freeze_same_padding
+
+    torch.manual_seed(2)
+    model = create_model("tf_efficientnet_lite0", "pool", weights="none").eval()
+    frozen = freeze_same_padding(model, size)
+    kinds = {type(m).__name__ for m in frozen.modules()}
+    assert "Conv2dSame" not in kinds and "StaticPadConv2d" in kinds
+    assert "Conv2dSame" in {type(m).__name__ for m in model.modules()}  # the original is untouched
+    pads = [m.pads for m in frozen.modules() if isinstance(m, StaticPadConv2d)]
+    assert any(p[0] != p[1] for p in pads)  # TF pads asymmetrically: more on the right/bottom
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), model(x), atol=1e-6, rtol=0)
+
+
+def test_export_folds_same_padding_into_the_convolutions(tmp_path):
+    """The default backbone's exported graph has no Pad and no shape arithmetic in front of its convolutions."""
+    import onnx
+
+    from cxrdx.models.factory import create_model
+
+    torch.manual_seed(3)
+    model = create_model("tf_efficientnet_lite0", "bilstm", weights="none").eval()
+    graph = onnx.load(str(export_model(model, tmp_path / "m.onnx"))).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Pad" not in ops and "Ceil" not in ops
+    asymmetric = [n for n in graph.node if n.op_type == "Conv"
+                  for a in n.attribute if a.name == "pads" and list(a.ints[:2]) != list(a.ints[2:])]
+    assert len(asymmetric) == 5  # the five stride-2 TF-"SAME" convolutions
+    used = {i for n in graph.node for i in n.input}
+    assert all(init.name in used for init in graph.initializer)

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from ..models.hybrid import HybridModel, ProbabilityModel
+from ..models.static_padding import freeze_same_padding
 from ..training.checkpoint import load_checkpoint
 from .identity import model_identity
+from .onnx_graph import optimise_for_inference
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -48,13 +50,17 @@ def onnx_metadata(model: HybridModel, identity: dict) -> dict:
 
 
 def export_model(model: HybridModel, path: str | Path, *, identity: dict | None = None, opset: int = OPSET) -> Path:
-    """Write ``model`` (eval mode, softmax included) to ``path`` as ONNX with a dynamic batch axis."""
+    """Write ``model`` (eval mode, softmax included) to ``path`` as ONNX with a dynamic batch axis.
+
+    The spatial size is fixed at ``model.info.image_size``, so TF-style "SAME" paddings are exported as
+    constants (:func:`~cxrdx.models.static_padding.freeze_same_padding`) and then folded into the
+    convolutions' own ``pads`` (:func:`~cxrdx.serve.onnx_graph.optimise_for_inference`)."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = model.info.image_size
-    wrapped = ProbabilityModel(model).eval()
+    wrapped = ProbabilityModel(freeze_same_padding(model, size)).eval()
     example = torch.zeros(2, 3, size, size)
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():
@@ -64,7 +70,7 @@ def export_model(model: HybridModel, path: str | Path, *, identity: dict | None 
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
-    proto = onnx.load(str(tmp))
+    proto = optimise_for_inference(tmp)
     onnx.checker.check_model(proto)
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(onnx_metadata(model, identity or {}))

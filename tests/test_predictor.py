@@ -1,0 +1,55 @@
+"""Predictor batching: bad files in a batch keep their place and never stop the good ones, with or without read-ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_xray
+from cxrdx.inference.predictor import Predictor
+
+
+class ReadAheadPredictor(Predictor):
+    read_ahead = True
+
+
+@pytest.fixture(scope="module")
+def model():
+    from cxrdx.models.factory import create_model
+
+    torch.manual_seed(0)
+    return create_model("tf_efficientnet_lite0", "pool", weights="none").eval()
+
+
+def _files(tmp_path):
+    paths = []
+    for i in range(7):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(make_xray(seed=i)).save(p)
+        if i == 1:
+            p.write_bytes(p.read_bytes()[:2000])  # a truncated PNG
+        elif i == 4:
+            p.write_text("not an image")
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("cls", [Predictor, ReadAheadPredictor])
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_results_in_order_with_errors_in_place(cls, batch_size, model, tmp_path):
+    paths = _files(tmp_path)
+    results = cls(model, batch_size=batch_size).predict_paths(paths)
+    assert [r.source for r in results] == [str(p) for p in paths]
+    assert [r.ok for r in results] == [True, False, True, True, False, True, True]
+    assert (results[1].error.code, results[4].error.code) == ("corrupt_image", "not_an_image")
+    good = [r for r in results if r.ok]
+    assert all(abs(sum(r.probabilities.values()) - 1) < 1e-5 for r in good)
+    # the same image gives the same probabilities whatever the batching and threading
+    alone = Predictor(model, batch_size=1).predict_paths([paths[5]])[0]
+    assert np.allclose(list(results[5].probabilities.values()), list(alone.probabilities.values()), atol=1e-5)
+
+
+def test_empty_input_gives_no_results(model):
+    assert ReadAheadPredictor(model).predict_paths([]) == []
