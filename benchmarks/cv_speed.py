@@ -13,6 +13,7 @@ import argparse
 import os
 import time
 
+import numpy as np
 import torch
 
 from cxrdx.config import load_config
@@ -39,9 +40,12 @@ def main() -> None:
         t = time.perf_counter()
         run = run_cv(maps, rows, task_classes(args.task),
                      Candidate.parse(model), ev, model_cfg=cfg.model, train_cfg=cfg.train, plan=plan, progress=False)
+        seconds = time.perf_counter() - t
         epochs = [f.info.get("epochs_run") for f in run.folds]
-        print(f"{model:10s} {time.perf_counter() - t:7.1f} s for {ev.folds} folds  (epochs run per fold: {epochs}; "
-              f"load {os.getloadavg()[0]:.1f})")
+        y = rows["target"].to_numpy()
+        acc = np.mean([(f.test_probs.argmax(1) == y[f.test_idx]).mean() for f in run.folds])
+        print(f"{model:10s} {seconds:7.1f} s for {ev.folds} folds  (mean test-fold accuracy {acc:.3f}; "
+              f"epochs run per fold: {epochs}; load {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

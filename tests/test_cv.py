@@ -100,3 +100,27 @@ def test_blackout_uses_the_mask_or_a_central_box(cxr3_root):
     synthetic = make_xray((200, 240))
     boxed = blackout_fn(cxr3_root)(synthetic, pd.Series({"lung_mask": float("nan")}))
     assert (boxed[30:170, 36:204] == 0).all() and (boxed[:30] == synthetic[:30]).all()
+
+
+@pytest.mark.slow  # fine-tunes a backbone block twice on ~25 images: ~20-40 s on 2 cores
+def test_cv_can_finetune_the_last_block_in_every_fold(slice_maps, cxr3_root):
+    from cxrdx.config import Config
+
+    maps, rows = slice_maps
+    pick = rows.groupby("label", group_keys=False).apply(lambda g: g[g["patient_id"].isin(g["patient_id"].unique()[:14])])
+    idx = pick.index.to_numpy()
+    sub_rows, sub_maps = rows.loc[idx].reset_index(drop=True), maps[idx]
+    cfg = Config.from_dict({"data": {"root": str(cxr3_root)}, "evaluation": {"folds": 2, "epochs": 3, "patience": 3, "bootstrap": 50},
+                            "train": {"finetune_blocks": 1, "finetune_epochs": 1, "finetune_batch_size": 8, "augment": True}})
+    cand = Candidate.parse("gru", finetune_blocks=1)
+    assert cand.name == "tf_efficientnet_lite0+gru+ft1" and "fine-tuned per fold" in cand.description
+    plan = fold_plan(sub_rows, 2, 42, 0.2)
+    run = run_cv(sub_maps, sub_rows, ("covid", "pneumonia", "normal"), cand, cfg.evaluation, model_cfg=cfg.model,
+                 train_cfg=cfg.train, plan=plan, finetune_cfg=cfg, extra_maps={"zeros": np.zeros_like(sub_maps)}, progress=False)
+    for fold, (train, val, test) in zip(run.folds, plan):
+        assert fold.test_probs.shape == (len(test), 3) and np.allclose(fold.test_probs.sum(1), 1, atol=1e-5)
+        assert fold.val_probs.shape == (len(val), 3)
+        assert fold.info["finetune_blocks"] == 1 and fold.info["finetune_epochs_run"] == 1
+        assert fold.extra_probs == {}  # cached-feature controls do not apply to a fine-tuned backbone
+    summary, _ = summarise(run, cfg.evaluation, full=False)
+    assert 0 <= summary["pooled"]["accuracy"] <= 1

@@ -46,6 +46,7 @@ def _train(nproc: int | None, batch: int, out: Path, csv: Path, cache: Path) -> 
     args = [
         "train", "--manifest", str(csv), "--data", str(csv.parent), "--head", "gru", "--epochs", "4",
         "--set", "model.dropout=0", "--set", "train.patience=100", "--set", f"train.batch_size={batch}",
+        "--set", "train.precision=fp32",  # exact comparison: bf16 rounds a batch and its two halves differently
         "--set", f"data.cache_dir={cache}", "--out", str(out),
     ]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", CXRDX] if nproc else [CXRDX]

@@ -14,7 +14,7 @@ from PIL import Image
 import cxrdx
 from cxrdx.config import TrainConfig
 from cxrdx.data.transforms import build_transform, preprocess
-from cxrdx.explain import METHODS, Explanation
+from cxrdx.explain import Explanation
 from cxrdx.models import create_model
 from cxrdx.training.head_trainer import train_head
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import struct
-import threading
 import traceback
 import warnings
 import zlib

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrdx.explain.localisation import area_fraction, energy_inside, load_mask, patient_bootstrap, peak_inside
+from cxrdx.evaluation.bootstrap import patient_mean_ci
+from cxrdx.explain.localisation import area_fraction, energy_inside, load_mask, peak_inside
 
 
 def _half_mask(shape=(40, 60)) -> np.ndarray:
@@ -75,23 +76,23 @@ def test_patient_bootstrap_resamples_patients_not_images():
     # resampling images would give a narrow interval around 0.9.
     values = np.array([1.0] * 9 + [0.0])
     patients = np.array(["a"] * 9 + ["b"])
-    stats = patient_bootstrap(values, patients, n_boot=4000, seed=1)
+    stats = patient_mean_ci(values, patients, n_boot=4000, seed=1)
     assert stats["mean"] == pytest.approx(0.9)
     assert stats["n"] == 10 and stats["patients"] == 2
     assert stats["ci"][0] == pytest.approx(0.0) and stats["ci"][1] == pytest.approx(1.0)
-    assert patient_bootstrap(values, patients, n_boot=4000, seed=1) == stats  # reproducible
+    assert patient_mean_ci(values, patients, n_boot=4000, seed=1) == stats  # reproducible
 
 
 def test_patient_bootstrap_edge_cases():
-    const = patient_bootstrap(np.full(12, 0.7), np.arange(12).astype(str))
+    const = patient_mean_ci(np.full(12, 0.7), np.arange(12).astype(str))
     assert const["mean"] == pytest.approx(0.7) and const["ci"] == pytest.approx([0.7, 0.7])
-    one = patient_bootstrap(np.array([0.2, 0.4]), np.array(["p", "p"]))
+    one = patient_mean_ci(np.array([0.2, 0.4]), np.array(["p", "p"]))
     assert one["ci"] == pytest.approx([0.3, 0.3]) and one["patients"] == 1
-    nan = patient_bootstrap(np.array([math.nan, 0.5, 0.7]), np.array(["x", "y", "z"]))
+    nan = patient_mean_ci(np.array([math.nan, 0.5, 0.7]), np.array(["x", "y", "z"]))
     assert nan["n"] == 2 and nan["mean"] == pytest.approx(0.6)
-    assert patient_bootstrap(np.array([math.nan]), np.array(["x"]))["mean"] is None
-    wide = patient_bootstrap(np.linspace(0, 1, 40), np.arange(40).astype(str), level=0.95)
-    narrow = patient_bootstrap(np.linspace(0, 1, 40), np.arange(40).astype(str), level=0.5)
+    assert patient_mean_ci(np.array([math.nan]), np.array(["x"]))["mean"] is None
+    wide = patient_mean_ci(np.linspace(0, 1, 40), np.arange(40).astype(str), level=0.95)
+    narrow = patient_mean_ci(np.linspace(0, 1, 40), np.arange(40).astype(str), level=0.5)
     assert wide["ci"][0] < narrow["ci"][0] < 0.5 < narrow["ci"][1] < wide["ci"][1]
 
 

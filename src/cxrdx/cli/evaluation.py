@@ -11,6 +11,11 @@ import typer
 from .common import ConfigOpt, DataOpt, ManifestOpt, SetOpt, build_config, console, friendly_errors
 
 
+ImageLevelOpt = typer.Option(
+    None, "--image-level/--no-image-level",
+    help="Also run the top model on image-level (leaky) folds, to show the leakage effect. Default: on with --benchmark.")
+
+
 def _default_out(kind: str) -> Path:
     return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -91,7 +96,7 @@ def cv(
     folds: Optional[int] = typer.Option(None, help="Number of patient-grouped folds (default 5)."),
     temperature: Optional[bool] = typer.Option(None, "--temperature/--no-temperature", help="Temperature scaling fitted on each fold's validation part."),
     target_sensitivity: Optional[float] = typer.Option(None, help="Covid operating point: sensitivity to reach on validation (default 0.95)."),
-    image_level: bool = typer.Option(False, "--image-level", help="Also run image-level (leaky) folds to show the leakage effect (on by default with --benchmark)."),
+    image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/cv-<time>)."),
     overrides: Optional[list[str]] = SetOpt,
@@ -105,7 +110,7 @@ def cv(
     })
     req = GridRequest(
         tasks=_tasks(cfg, task, benchmark), models=[model or cfg.model.head], backbones=[cfg.model.backbone],
-        benchmark=benchmark, image_level=image_level or bool(benchmark), blackout=blackout, ensemble_top=0, command="cv",
+        benchmark=benchmark, image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, ensemble_top=0, command="cv",
     )
     _run("cv", cfg, req, out)
 
@@ -122,7 +127,7 @@ def compare(
     benchmark: Optional[str] = typer.Option(None, help="darkcovidnet: 3-class and covid-vs-normal on its 1,124 rows, beside the published numbers."),
     folds: Optional[int] = typer.Option(None, help="Number of patient-grouped folds (default 5)."),
     ensemble_top: int = typer.Option(3, help="Add an ensemble (mean probabilities) of the top N models by validation macro-F1; 0 = none."),
-    image_level: bool = typer.Option(False, "--image-level", help="Also run the top model on image-level (leaky) folds (on by default with --benchmark)."),
+    image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/compare-<time>)."),
     overrides: Optional[list[str]] = SetOpt,
@@ -137,7 +142,7 @@ def compare(
     ev = cfg.evaluation
     req = GridRequest(
         tasks=_tasks(cfg, task, benchmark), models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones),
-        benchmark=benchmark, image_level=image_level or bool(benchmark), blackout=blackout, ensemble_top=ensemble_top,
+        benchmark=benchmark, image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, ensemble_top=ensemble_top,
     )
     _run("compare", cfg, req, out)
 

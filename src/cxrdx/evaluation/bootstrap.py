@@ -81,6 +81,41 @@ def light_metric_fn(classes: tuple[str, ...] | list[str]) -> MetricFn:
     return fn
 
 
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float | None]:
+    """``[low, high]`` percentile interval of the finite ``samples``; ``[None, None]`` if there are none."""
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return [None, None]
+    alpha = (1.0 - level) / 2.0
+    return [float(v) for v in np.quantile(samples, [alpha, 1.0 - alpha])]
+
+
+def patient_mean_ci(
+    values: np.ndarray, patients: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+) -> dict:
+    """Mean of per-image ``values`` (NaNs dropped) with a patient-clustered percentile bootstrap CI.
+
+    Returns ``{"mean", "ci": [lo, hi], "n", "patients"}``; the CI is ``[mean, mean]``
+    with a single patient and ``None`` values when nothing is left.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    patients = np.asarray(patients)
+    keep = ~np.isnan(values)
+    values, patients = values[keep], patients[keep]
+    if values.size == 0:
+        return {"mean": None, "ci": [None, None], "n": 0, "patients": 0}
+    ids, inverse = np.unique(patients, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
+    mean = float(values.mean())
+    if len(ids) == 1:
+        return {"mean": mean, "ci": [mean, mean], "n": int(values.size), "patients": 1}
+    draw = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    return {"mean": mean, "ci": percentile_ci(boot, level), "n": int(values.size), "patients": int(len(ids))}
+
+
 def patient_bootstrap(
     y: np.ndarray,
     probs: np.ndarray,
@@ -112,15 +147,8 @@ def patient_bootstrap(
             lst = samples.setdefault(key, [])
             if value is not None and np.isfinite(value):
                 lst.append(value)
-    alpha = (1.0 - level) / 2.0
-    out: dict[str, list[float | None]] = {}
-    for key, values in samples.items():
-        if len(values) < 0.9 * n_boot:
-            out[key] = [None, None]
-        else:
-            lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
-            out[key] = [float(lo), float(hi)]
-    return out
+    return {key: percentile_ci(values, level) if len(values) >= 0.9 * n_boot else [None, None]
+            for key, values in samples.items()}
 
 
 def metrics_with_ci(

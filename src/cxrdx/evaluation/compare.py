@@ -79,6 +79,11 @@ def _skipped_row(name: str, description: str, reason: str) -> dict:
     return {"name": name, "description": description, "status": "skipped: weights unavailable offline", "reason": reason}
 
 
+def _finetune_cfg(cfg: Config) -> Config | None:
+    """The config to fine-tune heads with in every fold (``train.finetune_blocks`` > 0), else None."""
+    return cfg if cfg.train.finetune_blocks > 0 else None
+
+
 def _blackout_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, progress: bool) -> np.ndarray:
     root = cfg.data.resolved_root()
     maps, kept = feature_maps(manifest, cfg.data.resolved_cache_dir(), backbone=backbone, weights=cfg.model.weights,
@@ -101,7 +106,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         except WeightsUnavailableError as exc:
             log(f"[yellow]skipped[/] {backbone}: weights unavailable offline")
             for model in req.models:
-                cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size)
+                cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size, finetune_blocks=cfg.train.finetune_blocks)
                 result.rows.append(_skipped_row(cand.name, cand.description, str(exc)))
             continue
         rows = manifest[manifest["image"].isin(set(kept["image"]))].reset_index(drop=True)
@@ -113,9 +118,9 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
             extras_note = region_kinds(rows, root)
             retrain_input = retrain_input or (backbone, rows, plan, extra["lungs_blacked_out"])
         for model in req.models:
-            cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size)
+            cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size, finetune_blocks=cfg.train.finetune_blocks)
             run = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
-                         extra_maps=extra, plan=plan, progress=progress)
+                         extra_maps=extra, plan=plan, finetune_cfg=_finetune_cfg(cfg), progress=progress)
             summary, _ = summarise(run, ev, full=False)
             result.runs[cand.name] = run
             result.rows.append(table_row(summary))
@@ -164,7 +169,8 @@ def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: boo
         maps, kept = feature_maps(rows, cfg.data.resolved_cache_dir(), backbone=cand.backbone, weights=cfg.model.weights,
                                   image_size=cand.image_size, progress=progress)
         leaky.append(run_cv(aligned(maps, kept, rows), rows, best.classes, cand, ev, model_cfg=cfg.model,
-                            train_cfg=cfg.train, group_by="image", plan=plan, progress=progress))
+                            train_cfg=cfg.train, group_by="image", plan=plan,
+                            finetune_cfg=_finetune_cfg(cfg) if cand.variant.startswith("finetune") else None, progress=progress))
     run = leaky[0] if len(leaky) == 1 else average_runs(leaky, best.candidate.name)
     for f in run.folds:
         f.extra_probs = {}

@@ -13,6 +13,7 @@ it exists only to measure the leakage effect beside the patient-level numbers.
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +27,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from ..config import ConfigError, EvalConfig, ModelConfig, TrainConfig
+from ..config import Config, ConfigError, EvalConfig, ModelConfig, TrainConfig
+from ..data.io import ReadLimits
 from ..data.splits import assert_no_patient_leakage, kfold_indices
+from ..inference.predictor import Predictor
+from ..models.factory import create_model
 from ..models.heads import HEADS, create_head
 from ..progress import progress_bar
+from ..training.finetune import finetune
 from ..training.head_trainer import predict_proba, train_head
 
 BASELINES = {
@@ -53,12 +58,16 @@ class Candidate:
     image_size: int = 224
 
     @classmethod
-    def parse(cls, model: str, backbone: str = "tf_efficientnet_lite0", variant: str = "plain", image_size: int = 224) -> "Candidate":
-        """``bilstm`` / ``pool`` / ... (heads) or ``svm`` / ``logreg`` (baselines)."""
+    def parse(cls, model: str, backbone: str = "tf_efficientnet_lite0", variant: str = "plain", image_size: int = 224,
+              finetune_blocks: int = 0) -> "Candidate":
+        """``bilstm`` / ``pool`` / ... (heads) or ``svm`` / ``logreg`` (baselines); a head with
+        ``finetune_blocks`` > 0 is named ``<backbone>+<head>+ft<N>``."""
         if model in BASELINES:
             return cls(f"{backbone}+{model}", model, backbone, None, variant, image_size)
         if model not in HEADS:
             raise ConfigError(f"unknown model {model!r}; choose a head {sorted(HEADS)} or a baseline {sorted(BASELINES)}")
+        if finetune_blocks > 0:
+            return cls(f"{backbone}+{model}+ft{finetune_blocks}", "head", backbone, model, f"finetune{finetune_blocks}", image_size)
         return cls(f"{backbone}+{model}", "head", backbone, model, variant, image_size)
 
     @property
@@ -67,7 +76,10 @@ class Candidate:
             return f"{self.backbone}: mean probabilities of {self.name}"
         what = BASELINES.get(self.kind) or HEADS[self.head].description
         size = f", {self.image_size}px" if self.image_size != 224 else ""
-        variant = f", features '{self.variant}'" if self.variant != "plain" else ""
+        if self.variant.startswith("finetune"):
+            variant = f", last {self.variant.removeprefix('finetune')} backbone blocks fine-tuned per fold"
+        else:
+            variant = f", features '{self.variant}'" if self.variant != "plain" else ""
         return f"{self.backbone}{size}{variant}: {what}"
 
 
@@ -126,18 +138,46 @@ def _macro_f1(y: np.ndarray, probs: np.ndarray, n: int) -> float:
 
 
 def head_train_config(train: TrainConfig, ev: EvalConfig) -> TrainConfig:
-    """The training recipe inside CV: ``train`` with the evaluation section's epochs / lr / patience."""
+    """The training recipe inside CV: ``train`` with the evaluation section's epochs / lr / patience / batch."""
     cfg = copy.deepcopy(train)
-    cfg.epochs, cfg.lr, cfg.patience = ev.epochs, ev.lr, ev.patience
+    cfg.epochs, cfg.lr, cfg.patience, cfg.batch_size = ev.epochs, ev.lr, ev.patience, ev.batch_size
     return cfg
 
 
-def _fit_head(cand, maps, y, train, val, evals, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig):
+def _train_fold_head(cand, maps, y, train, val, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig):
     torch.manual_seed(train_cfg.seed)
     head = create_head(cand.head, maps.shape[1], n_cls, hidden=model_cfg.hidden, proj_dim=model_cfg.proj_dim, dropout=model_cfg.dropout)
     result = train_head(head, maps[train], y[train], maps[val], y[val], train_cfg, n_cls, progress=False)
+    return head, {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+
+
+def _fit_head(cand, maps, y, train, val, evals, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    head, info = _train_fold_head(cand, maps, y, train, val, n_cls, model_cfg, train_cfg)
     outs = [predict_proba(head, x) for x in evals]
-    return predict_proba(head, maps[val]), outs, {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+    return predict_proba(head, maps[val]), outs, info
+
+
+def _image_probs(model, rows: pd.DataFrame, limits: ReadLimits) -> np.ndarray:
+    results = Predictor(model, limits=limits).predict_paths(rows["image"])
+    failed = [r for r in results if not r.ok]
+    if failed:  # these rows were read once already, to cache their features
+        raise RuntimeError(f"{len(failed)} images could no longer be read, e.g. {failed[0].source}: {failed[0].error}")
+    return np.array([[r.probabilities[c] for c in model.classes] for r in results], dtype=np.float32)
+
+
+def _fit_finetuned(cand, maps, y, train, val, test, classes, cfg: Config, rows: pd.DataFrame):
+    """Stage (a) on the cached maps, then stage (b): the last ``train.finetune_blocks`` backbone blocks and the
+    head trained end to end on the fold's training images (augmented); validation and test fold scored from
+    their images. Early stopping on the validation part, as everywhere."""
+    head, info = _train_fold_head(cand, maps, y, train, val, len(classes), cfg.model, head_train_config(cfg.train, cfg.evaluation))
+    model = create_model(cand.backbone, cand.head, weights=cfg.model.weights, classes=list(classes), hidden=cfg.model.hidden,
+                         proj_dim=cfg.model.proj_dim, dropout=cfg.model.dropout, image_size=cand.image_size)
+    model.head.load_state_dict(head.state_dict())
+    with tempfile.TemporaryDirectory(prefix="cxrdx-cv-finetune-") as tmp:
+        ft = finetune(model, rows.iloc[train].reset_index(drop=True), rows.iloc[val].reset_index(drop=True), cfg, tmp, progress=False)
+    limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
+    info.update(finetune_blocks=cfg.train.finetune_blocks, finetune_best_epoch=ft.best_epoch, finetune_epochs_run=len(ft.history))
+    return _image_probs(model, rows.iloc[val], limits), [_image_probs(model, rows.iloc[test], limits)], info
 
 
 def _sk_model(kind: str, c: float, seed: int):
@@ -172,9 +212,14 @@ def run_cv(
     group_by: str = "patient_id",
     extra_maps: dict[str, np.ndarray] | None = None,
     plan: list | None = None,
+    finetune_cfg: Config | None = None,
     progress: bool = True,
 ) -> CVRun:
-    """Cross-validate ``candidate`` on feature ``maps`` (``[N, C, H, W]``, rows of ``manifest``)."""
+    """Cross-validate ``candidate`` on feature ``maps`` (``[N, C, H, W]``, rows of ``manifest``).
+
+    With ``finetune_cfg`` (whose ``train.finetune_blocks`` > 0), a head candidate is also fine-tuned end to
+    end in every fold (:func:`_fit_finetuned`; minutes per fold on a CPU). Its folds carry no ``extra_maps``
+    predictions: those are scores of the frozen backbone's cached features."""
     t0 = time.perf_counter()
     model_cfg = model_cfg or ModelConfig()
     tcfg = head_train_config(train_cfg or TrainConfig(), ev)
@@ -193,7 +238,9 @@ def run_cv(
         for k, (train, val, test) in enumerate(plan):
             t = time.perf_counter()
             evals = [data[test]] + [extras[name][test] for name in extras]
-            if candidate.kind == "head":
+            if candidate.kind == "head" and finetune_cfg is not None:
+                val_probs, outs, info = _fit_finetuned(candidate, data, y, train, val, test, classes, finetune_cfg, manifest)
+            elif candidate.kind == "head":
                 val_probs, outs, info = _fit_head(candidate, data, y, train, val, evals, n_cls, model_cfg, tcfg)
             else:
                 val_probs, outs, info = _fit_sklearn(candidate, data, y, train, val, evals, n_cls, tcfg.seed)
@@ -217,7 +264,7 @@ def average_runs(runs: list[CVRun], name: str) -> CVRun:
         y_val = first.manifest["target"].to_numpy()[f0.val_idx]
         folds.append(FoldPrediction(
             f0.fold, f0.train_idx, f0.val_idx, f0.test_idx, val_probs, np.mean([p.test_probs for p in parts], axis=0),
-            {k: np.mean([p.extra_probs[k] for p in parts], axis=0) for k in f0.extra_probs},
+            {k: np.mean([p.extra_probs[k] for p in parts], axis=0) for k in f0.extra_probs if all(k in p.extra_probs for p in parts)},
             _macro_f1(y_val, val_probs, len(first.classes)), {"members": [r.candidate.name for r in runs]},
             sum(p.seconds for p in parts),
         ))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -10,32 +9,12 @@ import numpy as np
 import pandas as pd
 
 from ..features.cache import extract_features
-from ..models.backbones import get_spec
 from ..models.factory import create_model
 from ..models.hybrid import HybridModel
-from ..models.weights import WeightsUnavailableError, _hub_reachable
+from ..models.weights import WeightsUnavailableError
 
 _MODELS: dict[tuple[str, str, int], HybridModel] = {}
 _UNAVAILABLE: dict[tuple[str, str], WeightsUnavailableError] = {}
-
-
-@contextlib.contextmanager
-def _fail_fast_offline(backbone: str, weights: str):
-    """When the weights hub is unreachable, make huggingface_hub give up at once instead of retrying for a minute.
-
-    (``HF_HUB_OFFLINE`` set in the environment at run time is not seen by an already imported huggingface_hub.)
-    """
-    if weights != "imagenet" or get_spec(backbone).offline_weights or _hub_reachable():
-        yield
-        return
-    import huggingface_hub.constants as hub
-
-    old = hub.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE = old
 
 
 def backbone_model(backbone: str, weights: str = "imagenet", image_size: int = 224) -> HybridModel:
@@ -45,8 +24,7 @@ def backbone_model(backbone: str, weights: str = "imagenet", image_size: int = 2
         raise _UNAVAILABLE[(backbone, weights)]
     if key not in _MODELS:
         try:
-            with _fail_fast_offline(backbone, weights):
-                _MODELS[key] = create_model(backbone, "pool", weights=weights, image_size=image_size)
+            _MODELS[key] = create_model(backbone, "pool", weights=weights, image_size=image_size)
         except WeightsUnavailableError as exc:
             _UNAVAILABLE[(backbone, weights)] = exc
             raise

@@ -7,7 +7,8 @@ For one image with heatmap ``h`` (``H x W``, values >= 0) and a binary mask ``m`
 * **pointing game** = is ``argmax(h)`` inside the mask (1 / 0)?
 
 Summaries are means over images with a percentile CI from a bootstrap that
-resamples *patients* (all images of a drawn patient go in together).
+resamples *patients* (all images of a drawn patient go in together):
+:func:`cxrdx.evaluation.bootstrap.patient_mean_ci`.
 """
 
 from __future__ import annotations
@@ -51,31 +52,3 @@ def peak_inside(heatmap: np.ndarray, mask: np.ndarray) -> bool:
 def area_fraction(mask: np.ndarray) -> float:
     """Fraction of the image the mask covers = the energy a uniform heatmap would put inside it."""
     return float(np.asarray(mask, dtype=bool).mean())
-
-
-def patient_bootstrap(
-    values: np.ndarray, patients: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-) -> dict:
-    """Mean of ``values`` (NaNs dropped) with a patient-clustered percentile bootstrap CI.
-
-    Returns ``{"mean", "ci": [lo, hi], "n", "patients"}``; the CI is ``[mean, mean]``
-    with a single patient and ``None`` values when nothing is left.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    patients = np.asarray(patients)
-    keep = ~np.isnan(values)
-    values, patients = values[keep], patients[keep]
-    if values.size == 0:
-        return {"mean": None, "ci": [None, None], "n": 0, "patients": 0}
-    ids, inverse = np.unique(patients, return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(ids))
-    counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
-    mean = float(values.mean())
-    if len(ids) == 1:
-        return {"mean": mean, "ci": [mean, mean], "n": int(values.size), "patients": 1}
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))
-    boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
-    return {"mean": mean, "ci": [float(lo), float(hi)], "n": int(values.size), "patients": int(len(ids))}

@@ -11,7 +11,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..config import ExplainConfig
@@ -21,7 +20,8 @@ from ..models.hybrid import HybridModel
 from ..progress import progress_bar
 from .cam import explain
 from .gallery import write_gallery
-from .localisation import area_fraction, energy_inside, load_mask, patient_bootstrap, peak_inside
+from ..evaluation.bootstrap import patient_mean_ci
+from .localisation import area_fraction, energy_inside, load_mask, peak_inside
 
 SCORES_FILE = "scores.json"
 GALLERY_DIR = "gallery"
@@ -46,7 +46,7 @@ def masked_manifest(root: str | Path, classes: tuple[str, ...]) -> pd.DataFrame:
 def _summary(frame: pd.DataFrame, settings: ExplainConfig) -> dict:
     out = {"n_images": int(len(frame)), "n_patients": int(frame["patient_id"].nunique())}
     for name, (column, chance_column) in METRICS.items():
-        stats = patient_bootstrap(
+        stats = patient_mean_ci(
             frame[column].to_numpy(dtype=float), frame["patient_id"].to_numpy(),
             n_boot=settings.bootstrap, level=settings.ci_level, seed=settings.seed,
         )

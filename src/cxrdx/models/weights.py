@@ -8,6 +8,7 @@ cached and the hub cannot be reached within a few seconds, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -77,6 +78,33 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def hub_offline():
+    """huggingface_hub (timm's weight store) in offline mode: answers from its local cache or fails at once.
+
+    Setting ``HF_HUB_OFFLINE`` in the environment is not enough once huggingface_hub is imported (it reads
+    the variable at import), so its module constant is switched too, and both are restored afterwards.
+    """
+    old_env = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        hub_constants = None
+    old_const = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    if hub_constants is not None:
+        hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
 def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
     """timm's ImageNet weights: from the local hub cache, else downloaded if the hub answers quickly."""
     import timm
@@ -88,17 +116,8 @@ def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
         )
 
     def _create(offline: bool) -> nn.Module:
-        old = os.environ.get("HF_HUB_OFFLINE")
-        if offline:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
+        with hub_offline() if offline else contextlib.nullcontext():
             return timm.create_model(name, pretrained=True, num_classes=0)
-        finally:
-            if offline:
-                if old is None:
-                    os.environ.pop("HF_HUB_OFFLINE", None)
-                else:
-                    os.environ["HF_HUB_OFFLINE"] = old
 
     try:
         return _create(offline=True).state_dict()

@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 
 from ..config import SeriesConfig
+from ..evaluation.bootstrap import percentile_ci
 from ..progress import progress_bar
 from .model import SERIES_MODELS, create_series_model
 from .sequences import PatientSeries, pad
@@ -127,12 +128,10 @@ def bootstrap_metrics(
     """Point estimates and percentile CIs from resampling patients (the same resamples for every model),
     plus the paired CI of each model's AUC minus the ``reference`` model's."""
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y), size=(n_boot, len(y)))
-    alpha = (1.0 - level) / 2.0
+    draws = rng.integers(0, len(y), size=(n_boot, len(y)))  # one row per patient: resampling rows = patients
 
     def ci(values: np.ndarray) -> list[float | None]:
-        values = values[~np.isnan(values)]
-        return [float(v) for v in np.quantile(values, [alpha, 1 - alpha])] if len(values) else [None, None]
+        return percentile_ci(values, level)
 
     boot = {name: _resampled_metrics(y, p, draws) for name, p in probs.items()}
     out: dict[str, dict] = {}

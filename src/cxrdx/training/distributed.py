@@ -105,10 +105,25 @@ def wrap_ddp(module: nn.Module, ctx: DistContext | None = None) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full fp32 on CPU (CPU bf16 is slower on most machines)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (Intel AMX or AVX512-BF16), where bf16 autocast is ~2x faster."""
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """``precision``: ``auto`` (bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere), ``bf16`` or ``fp32``."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "auto":
+        return device.type == "cuda" or cpu_has_native_bf16()
+    return precision == "bf16"
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 mixed-precision autocast for training forwards (weights and optimiser stay fp32), or nothing."""
+    if uses_bf16(device, precision):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -126,7 +126,7 @@ def finetune(
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 opt.zero_grad(set_to_none=True)
-                with autocast(device):
+                with autocast(device, tc.precision):
                     logits = net(x)
                 loss = loss_fn(logits.float(), y)
                 shown = float(loss.detach())

@@ -100,6 +100,7 @@ def train_head(
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     yt = torch.as_tensor(y_train, dtype=torch.long)
+    cpu = torch.device("cpu")
     best = _BestEpoch(head, cfg.patience)
     history: list[dict] = []
     with progress_bar(total=cfg.epochs, description="train head", enabled=progress) as bar:
@@ -112,7 +113,9 @@ def train_head(
                 if len(idx) < 2:
                     continue
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(head(x_train[idx]), yt[idx])
+                with autocast(cpu, cfg.precision):
+                    logits = head(x_train[idx])
+                loss = loss_fn(logits.float(), yt[idx])
                 loss.backward()
                 nn.utils.clip_grad_norm_(head.parameters(), 5.0)
                 opt.step()
@@ -174,7 +177,7 @@ def _train_head_distributed(
                 xb, yb = x_train[idx].to(device), yt[idx].to(device)
                 local_weight = float(weight[yt[idx]].sum()) if weight is not None else float(len(idx))
                 opt.zero_grad(set_to_none=True)
-                with autocast(device):
+                with autocast(device, cfg.precision):
                     logits = ddp_head(xb)
                 loss_sum = loss_fn(logits.float(), yb)
                 global_mean(loss_sum, local_weight, ctx).backward()
