@@ -84,6 +84,27 @@ def _tasks(cfg, task: Optional[str], benchmark: Optional[str]) -> list[str]:
     return [cfg.data.task]
 
 
+TaskOpt = typer.Option(None, help="3class | binary | covid-vs-normal (comma-separated for several). Default: data.task, or the benchmark's tasks.")
+BenchmarkOpt = typer.Option(None, help="darkcovidnet: its 1,124 rows, 3-class and covid-vs-normal, beside the published image-level numbers.")
+FoldsOpt = typer.Option(None, help="Number of patient-grouped folds (default 5).")
+BlackoutOpt = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out.")
+
+
+def _out_opt(kind: str):
+    return typer.Option(None, "--out", "-o", help=f"Run folder (default runs/{kind}-<time>).")
+
+
+def _request(cfg, *, models: list[str], backbones: list[str], task: Optional[str], benchmark: Optional[str],
+             image_level: Optional[bool], blackout: bool, ensemble_top: int, command: str):
+    from ..evaluation.compare import GridRequest
+
+    return GridRequest(
+        tasks=_tasks(cfg, task, benchmark), models=models, backbones=backbones, benchmark=benchmark,
+        image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout,
+        ensemble_top=ensemble_top, command=command,
+    )
+
+
 @friendly_errors
 def cv(
     config: Optional[Path] = ConfigOpt,
@@ -91,27 +112,23 @@ def cv(
     manifest: Optional[Path] = ManifestOpt,
     model: Optional[str] = typer.Option(None, help="A head (lstm | gru | bilstm | bigru | attention | pool) or a baseline (svm | logreg). Default: model.head."),
     backbone: Optional[str] = typer.Option(None, help="Backbone whose cached features are used (default model.backbone)."),
-    task: Optional[str] = typer.Option(None, help="3class | binary | covid-vs-normal (comma-separated for several). Default: data.task, or the benchmark's tasks."),
-    benchmark: Optional[str] = typer.Option(None, help="darkcovidnet: its 1,124 rows, 3-class and covid-vs-normal, with the image-level (leaky) contrast."),
-    folds: Optional[int] = typer.Option(None, help="Number of patient-grouped folds (default 5)."),
+    task: Optional[str] = TaskOpt,
+    benchmark: Optional[str] = BenchmarkOpt,
+    folds: Optional[int] = FoldsOpt,
     temperature: Optional[bool] = typer.Option(None, "--temperature/--no-temperature", help="Temperature scaling fitted on each fold's validation part."),
     target_sensitivity: Optional[float] = typer.Option(None, help="Covid operating point: sensitivity to reach on validation (default 0.95)."),
     image_level: Optional[bool] = ImageLevelOpt,
-    blackout: bool = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/cv-<time>)."),
+    blackout: bool = BlackoutOpt,
+    out: Optional[Path] = _out_opt("cv"),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Patient-grouped, stratified k-fold cross-validation of one model on cached frozen features."""
-    from ..evaluation.compare import GridRequest
-
     cfg = build_config(config, overrides, **{
         "data.root": data, "data.manifest": manifest, "model.backbone": backbone, "evaluation.folds": folds,
         "evaluation.temperature": temperature, "evaluation.target_sensitivity": target_sensitivity,
     })
-    req = GridRequest(
-        tasks=_tasks(cfg, task, benchmark), models=[model or cfg.model.head], backbones=[cfg.model.backbone],
-        benchmark=benchmark, image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, ensemble_top=0, command="cv",
-    )
+    req = _request(cfg, models=[model or cfg.model.head], backbones=[cfg.model.backbone], task=task, benchmark=benchmark,
+                   image_level=image_level, blackout=blackout, ensemble_top=0, command="cv")
     _run("cv", cfg, req, out)
 
 
@@ -123,27 +140,23 @@ def compare(
     heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default evaluation.heads: lstm,gru,bilstm,bigru,attention,pool)."),
     backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones (default evaluation.backbones; unavailable ones are listed as skipped)."),
     baselines: Optional[str] = typer.Option(None, help="Comma-separated scikit-learn baselines on pooled features: svm,logreg ('' for none)."),
-    task: Optional[str] = typer.Option(None, help="3class | binary | covid-vs-normal (comma-separated). Default: data.task, or the benchmark's tasks."),
-    benchmark: Optional[str] = typer.Option(None, help="darkcovidnet: 3-class and covid-vs-normal on its 1,124 rows, beside the published numbers."),
-    folds: Optional[int] = typer.Option(None, help="Number of patient-grouped folds (default 5)."),
+    task: Optional[str] = TaskOpt,
+    benchmark: Optional[str] = BenchmarkOpt,
+    folds: Optional[int] = FoldsOpt,
     ensemble_top: int = typer.Option(3, help="Add an ensemble (mean probabilities) of the top N models by validation macro-F1; 0 = none."),
     image_level: Optional[bool] = ImageLevelOpt,
-    blackout: bool = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/compare-<time>)."),
+    blackout: bool = BlackoutOpt,
+    out: Optional[Path] = _out_opt("compare"),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Backbones x heads plus baselines through the same patient-grouped folds: one ranked table."""
-    from ..evaluation.compare import GridRequest
-
     cfg = build_config(config, overrides, **{
         "data.root": data, "data.manifest": manifest, "evaluation.folds": folds, "evaluation.heads": heads,
         "evaluation.backbones": backbones, "evaluation.baselines": baselines,
     })
     ev = cfg.evaluation
-    req = GridRequest(
-        tasks=_tasks(cfg, task, benchmark), models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones),
-        benchmark=benchmark, image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, ensemble_top=ensemble_top,
-    )
+    req = _request(cfg, models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones), task=task,
+                   benchmark=benchmark, image_level=image_level, blackout=blackout, ensemble_top=ensemble_top, command="compare")
     _run("compare", cfg, req, out)
 
 

@@ -24,11 +24,11 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__ as cxrdx_version
 from ..config import DataConfig, ServeConfig
 from ..data.io import ImageReadError
-from .audit import AuditEntry, AuditLog
+from .audit import AuditLog
 from .auth import token_guard
 from .limits import MULTIPART_SLACK, BodySizeLimit
 from .schemas import (
-    AuditRecord, ErrorResponse, ExplainResponse, HealthResponse, ModelDescription, ModelsResponse,
+    AuditEntry, AuditRecord, ErrorResponse, ExplainResponse, HealthResponse, ModelDescription, ModelsResponse,
     PredictionsPage, PredictResponse,
 )
 from .service import ModelService

@@ -9,13 +9,14 @@ patient.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, create_engine, func, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .schemas import AuditEntry
 
 
 class Base(DeclarativeBase):
@@ -37,22 +38,6 @@ class PredictionRecord(Base):
     probabilities: Mapped[dict] = mapped_column(JSON)
     latency_ms: Mapped[float] = mapped_column(Float)
     client: Mapped[str] = mapped_column(String(64))
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """What the server hands to :meth:`AuditLog.record` (no image, no file name)."""
-
-    endpoint: str
-    model_id: str
-    model_version: str
-    runtime: str
-    input_sha256: str
-    input_bytes: int
-    predicted: str
-    probabilities: dict[str, float]
-    latency_ms: float
-    client: str
 
 
 def make_engine(url: str) -> Engine:
@@ -92,7 +77,7 @@ class AuditLog:
         return self.engine.dialect.name
 
     def record(self, entry: AuditEntry) -> int:
-        row = PredictionRecord(created_at=datetime.now(timezone.utc), **entry.__dict__)
+        row = PredictionRecord(created_at=datetime.now(timezone.utc), **entry.model_dump())
         if self._write_lock is None:
             return self._insert(row)
         with self._write_lock:

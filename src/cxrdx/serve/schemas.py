@@ -57,9 +57,9 @@ class HealthResponse(BaseModel):
     audit_backend: str
 
 
-class AuditRecord(BaseModel):
-    id: int
-    created_at: datetime
+class AuditEntry(BaseModel):
+    """One served prediction as the audit log stores it: no image, no file name, no patient data."""
+
     endpoint: str
     model_id: str
     model_version: str
@@ -70,6 +70,13 @@ class AuditRecord(BaseModel):
     probabilities: dict[str, float]
     latency_ms: float
     client: str
+
+
+class AuditRecord(AuditEntry):
+    """An :class:`AuditEntry` as read back from the log (``GET /v1/predictions``)."""
+
+    id: int
+    created_at: datetime
 
     model_config = {"from_attributes": True}
 
