@@ -105,9 +105,8 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
                                       image_size=cfg.data.image_size, progress=progress)
         except WeightsUnavailableError as exc:
             log(f"[yellow]skipped[/] {backbone}: weights unavailable offline")
-            for model in req.models:
-                cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size, finetune_blocks=cfg.train.finetune_blocks)
-                result.rows.append(_skipped_row(cand.name, cand.description, str(exc)))
+            result.rows.append(_skipped_row(f"{backbone} + {', '.join(req.models)}",
+                                            f"{backbone}: every model of the grid", str(exc)))
             continue
         rows = manifest[manifest["image"].isin(set(kept["image"]))].reset_index(drop=True)
         maps = aligned(maps, kept, rows)
