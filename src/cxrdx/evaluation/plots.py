@@ -28,6 +28,16 @@ def confusion_png(cm: list[list[int]], classes: list[str], title: str = "Confusi
     return to_png(fig)
 
 
+def _unit_square_png(fig: Figure, ax, xlabel: str, ylabel: str, legend_loc: str, title: str) -> bytes:
+    """Labels, [0, 1] axes, legend and title of a probability-vs-probability plot, as PNG bytes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1.01)
+    ax.legend(loc=legend_loc, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return to_png(fig)
+
+
 def roc_png(curves: dict[str, dict], aucs: dict[str, float | None], title: str = "ROC curves (one-vs-rest)") -> bytes:
     fig = Figure(figsize=(4.4, 4.0))
     ax = fig.add_subplot()
@@ -35,12 +45,7 @@ def roc_png(curves: dict[str, dict], aucs: dict[str, float | None], title: str =
         auc = aucs.get(name)
         ax.plot(c["fpr"], c["tpr"], label=f"{name}" + (f" (AUC {auc:.3f})" if auc is not None else ""))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(0, 1), ax.set_ylim(0, 1.01)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    return to_png(fig)
+    return _unit_square_png(fig, ax, "1 - specificity (false positive rate)", "sensitivity (true positive rate)", "lower right", title)
 
 
 def reliability_png(calibrations: dict[str, dict], title: str = "Reliability diagram (top-label)") -> bytes:
@@ -54,12 +59,7 @@ def reliability_png(calibrations: dict[str, dict], title: str = "Reliability dia
         size = [max(8, 400 * b["count"] / max(1, sum(x["count"] for x in rel["bins"]))) for b in rel["bins"]]
         line = ax.plot(conf, acc, marker="", label=f"{name} (ECE {rel['ece']:.3f})")[0]
         ax.scatter(conf, acc, s=size, color=line.get_color(), alpha=0.7)
-    ax.set_xlabel("confidence (predicted class probability)")
-    ax.set_ylabel("accuracy in bin")
-    ax.set_xlim(0, 1), ax.set_ylim(0, 1.01)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    return to_png(fig)
+    return _unit_square_png(fig, ax, "confidence (predicted class probability)", "accuracy in bin", "upper left", title)
 
 
 def benchmark_png(rows: list[dict]) -> bytes:

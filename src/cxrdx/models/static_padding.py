@@ -22,6 +22,7 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
 
 
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -42,15 +43,11 @@ class StaticPadConv2d(nn.Conv2d):
         return super().forward(F.pad(x, self.pads) if any(self.pads) else x)
 
 
-def _is_dynamic_same(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv2dSame" and isinstance(module, nn.Conv2d)
-
-
 def freeze_same_padding(model: nn.Module, image_size: int) -> nn.Module:
     """A copy of ``model`` (eval mode) in which every ``Conv2dSame`` pads by its constants for
     ``image_size`` x ``image_size`` inputs. Models without such layers come back as an unchanged copy."""
     model = copy.deepcopy(model).eval()
-    targets = {name: m for name, m in model.named_modules() if _is_dynamic_same(m)}
+    targets = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dSame)}
     if not targets:
         return model
     sizes: dict[str, tuple[int, int]] = {}

@@ -45,24 +45,23 @@ def valid_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
-class MeanPoolBaseline(nn.Module):
+class _EncoderBaseline(nn.Module):
+    """Order-free baselines: the same per-exam encoder, then a linear layer on one pooled exam vector."""
+
     def __init__(self, in_dim: int, num_classes: int = 2, hidden: int = 32, dropout: float = 0.2, **_: object):
         super().__init__()
         self.encoder = _ExamEncoder(in_dim, hidden, dropout)
         self.fc = nn.Linear(hidden, num_classes)
 
+
+class MeanPoolBaseline(_EncoderBaseline):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = valid_mask(lengths.to(x.device), x.shape[1]).unsqueeze(-1).float()
         pooled = (self.encoder(x) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.fc(pooled)
 
 
-class LastExamBaseline(nn.Module):
-    def __init__(self, in_dim: int, num_classes: int = 2, hidden: int = 32, dropout: float = 0.2, **_: object):
-        super().__init__()
-        self.encoder = _ExamEncoder(in_dim, hidden, dropout)
-        self.fc = nn.Linear(hidden, num_classes)
-
+class LastExamBaseline(_EncoderBaseline):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         last = x[torch.arange(len(x), device=x.device), lengths.to(x.device) - 1]
         return self.fc(self.encoder(last))

@@ -13,6 +13,7 @@ are **per process**; one optimizer step sees ``batch_size x world_size`` images.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -105,6 +106,7 @@ def wrap_ddp(module: nn.Module, ctx: DistContext | None = None) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (Intel AMX or AVX512-BF16), where bf16 autocast is ~2x faster."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
