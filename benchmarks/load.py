@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadtest.py and throughput.py beside this script
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def valid_pool(n: int) -> list:
     from cxrdx.config import default_data_root
     from cxrdx.data.manifest import load_manifest
-    from cxrdx.serve.loadtest import Upload
+    from loadtest import Upload
 
     df = load_manifest(default_data_root())
     step = max(1, len(df) // n)
@@ -51,10 +53,9 @@ def valid_pool(n: int) -> list:
 
 
 def prepare_model(run_dir: Path | None, tmp: Path, runtime: str) -> Path:
-    from cxrdx.serve.export import ONNX_FILE, export_run
+    from cxrdx.inference.onnx_export import ONNX_FILE, export_run
 
     if run_dir is None:
-        sys.path.insert(0, str(Path(__file__).parent))
         from throughput import default_run_dir
 
         run_dir = default_run_dir(tmp)
@@ -64,7 +65,7 @@ def prepare_model(run_dir: Path | None, tmp: Path, runtime: str) -> Path:
 
 
 def start_server(run_dir: Path, args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen, str]:
-    from cxrdx.serve.loadtest import free_port
+    from loadtest import free_port
 
     port = free_port()
     env = {**os.environ, "CXRDX_API_TOKEN": args.token} if args.token else {k: v for k, v in os.environ.items() if k != "CXRDX_API_TOKEN"}
@@ -119,7 +120,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cxrdx.serve.loadtest import bad_uploads, run_load
+    from loadtest import bad_uploads, run_load
 
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp_name:

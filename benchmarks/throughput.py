@@ -61,23 +61,24 @@ def pick_images(data: Path | None, n: int) -> list[str]:
 
 def default_run_dir(tmp: Path) -> Path:
     from cxrdx.models.factory import create_model
-    from cxrdx.training.checkpoint import save_checkpoint
+    from cxrdx.models.run import save_run
 
     torch.manual_seed(0)
-    save_checkpoint(create_model("tf_efficientnet_lite0", "bilstm", weights="imagenet"), tmp / "bench-model")
+    save_run(create_model("tf_efficientnet_lite0", "bilstm", weights="imagenet"), tmp / "bench-model")
     return tmp / "bench-model"
 
 
 def build_predictors(run_dir: Path, batch_size: int, threads: int, use_compile: bool) -> tuple[dict, dict]:
+    from cxrdx.inference.onnx_export import ONNX_FILE, export_run
+    from cxrdx.inference.onnx_runtime import OnnxPredictor
     from cxrdx.inference.predictor import Predictor
-    from cxrdx.serve.export import ONNX_FILE, export_run
-    from cxrdx.serve.onnx_runtime import OnnxPredictor
-    from cxrdx.training.checkpoint import load_checkpoint
+    from cxrdx.models.outputs import probabilities
+    from cxrdx.models.run import load_run
 
     class EagerPredictor(Predictor):
         def probabilities(self, batch: torch.Tensor) -> np.ndarray:
             with torch.no_grad():
-                return torch.softmax(self.model(batch), dim=1).numpy()
+                return probabilities(self.model(batch)).numpy()
 
     class ChannelsLastPredictor(Predictor):
         def __init__(self, model, **kw):
@@ -86,7 +87,7 @@ def build_predictors(run_dir: Path, batch_size: int, threads: int, use_compile: 
 
         @torch.inference_mode()
         def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-            return torch.softmax(self.forward(batch.contiguous(memory_format=torch.channels_last)), dim=1).numpy()
+            return probabilities(self.forward(batch.contiguous(memory_format=torch.channels_last))).numpy()
 
     class CompiledPredictor(ChannelsLastPredictor):
         def __init__(self, model, **kw):
@@ -95,12 +96,12 @@ def build_predictors(run_dir: Path, batch_size: int, threads: int, use_compile: 
 
     setup: dict[str, float] = {}
     preds = {
-        "torch-eager": EagerPredictor(load_checkpoint(run_dir), batch_size=batch_size),
-        "torch-inference-mode": Predictor(load_checkpoint(run_dir), batch_size=batch_size),
-        "torch-channels-last": ChannelsLastPredictor(load_checkpoint(run_dir), batch_size=batch_size),
+        "torch-eager": EagerPredictor(load_run(run_dir), batch_size=batch_size),
+        "torch-inference-mode": Predictor(load_run(run_dir), batch_size=batch_size),
+        "torch-channels-last": ChannelsLastPredictor(load_run(run_dir), batch_size=batch_size),
     }
     if use_compile:
-        preds["torch-compile"] = CompiledPredictor(load_checkpoint(run_dir), batch_size=batch_size)
+        preds["torch-compile"] = CompiledPredictor(load_run(run_dir), batch_size=batch_size)
     onnx_path = run_dir / ONNX_FILE
     t = time.perf_counter()
     if not onnx_path.is_file():

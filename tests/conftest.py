@@ -1,4 +1,9 @@
-"""Shared fixtures: the real cxr3 data (skipped where absent) and a session-wide feature cache."""
+"""Shared fixtures: the real data sets and a session-wide feature cache.
+
+Tests that need something this machine may lack (a data set, Chromium, PostgreSQL, Orthanc) call
+:func:`require`: it skips on a developer's machine but FAILS under ``CI=true``, so a CI run without its
+data or services can never go green by skipping.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,40 @@ import pytest
 
 from cxrdx.config import default_data_root
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip locally, fail in CI, when ``what`` is not available."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing, and CI=true: CI must provide it", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+def shared_dataset(name: str) -> Path:
+    """``../shared/data/<name>`` beside the checkout (or beside $CXRDX_DATA), required to exist."""
+    root = default_data_root().parent / name
+    require((root / "metadata.csv").is_file(), f"data set {name} ({root}; set CXRDX_DATA to .../data/cxr3)")
+    return root
+
 
 @pytest.fixture(scope="session")
 def cxr3_root() -> Path:
     root = default_data_root()
-    if not (root / "metadata.csv").is_file():
-        pytest.skip("cxr3 data not available (set CXRDX_DATA)")
+    require((root / "metadata.csv").is_file(), f"cxr3 data ({root}; set CXRDX_DATA)")
     return root
+
+
+@pytest.fixture(scope="session")
+def lungseg_root() -> Path:
+    return shared_dataset("lungseg")
+
+
+@pytest.fixture(scope="session")
+def ct2_root() -> Path:
+    return shared_dataset("ct2")
 
 
 @pytest.fixture(scope="session")

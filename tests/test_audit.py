@@ -11,12 +11,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import require
 from fastapi.testclient import TestClient
 
 from cxrdx.config import ServeConfig
 from cxrdx.serve.audit import AuditEntry, AuditLog
-from cxrdx.serve.loadtest import free_port
-from test_serve_support import cxr3_images, dicom_bytes, make_app, served_run  # noqa: F401
+from test_serve_support import cxr3_images, dicom_bytes, free_port, make_app, served_run  # noqa: F401
 
 
 def test_each_prediction_is_recorded_without_patient_data(served_run, cxr3_root, tmp_path, monkeypatch):
@@ -91,14 +91,13 @@ def _initdb() -> str | None:
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throwaway PostgreSQL server (skipped where PostgreSQL or psycopg is not installed)."""
-    pytest.importorskip("psycopg")
+    import psycopg  # noqa: F401  (the test extra installs it)
+
     initdb = _initdb()
-    if initdb is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    require(initdb is not None, "PostgreSQL (apt-get install postgresql)")
     bindir = Path(initdb).parent
     as_root = os.geteuid() == 0
-    if as_root and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: cannot start PostgreSQL")
+    require(not as_root or shutil.which("runuser") is not None, "runuser (to start PostgreSQL as root)")
     prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
     base = Path(tempfile.mkdtemp(prefix="cxrdx-pg-", dir="/tmp"))
     data = base / "data"

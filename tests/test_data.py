@@ -9,8 +9,11 @@ from conftest import make_xray
 
 def test_cxr3_manifest_and_patient_split_has_no_leakage(cxr3_root):
     df = load_manifest(cxr3_root)
-    assert len(df) == 1438
-    assert df["label"].value_counts().to_dict() == {"pneumonia": 580, "normal": 511, "covid": 347}
+    # shared/data/cxr3/README.md: 2,266 rows from six sources; 00002658_002.png is a byte-identical copy of
+    # 00002658_001.png (same patient, same label), dropped by cxrdx.data.duplicates (issue 11)
+    assert len(df) == 2265
+    assert df["label"].value_counts().to_dict() == {"normal": 880, "covid": 803, "pneumonia": 582}
+    assert any("dropped 1 row(s) whose image file is identical" in w for w in df.attrs["warnings"])
     train, val, test = train_val_test_split(df, 0.2, 0.15, seed=42)
     assert len(train) + len(val) + len(test) == len(df)
     for a, b in ((train, val), (train, test), (val, test)):
@@ -37,17 +40,18 @@ def test_leakage_check_fails_loudly():
 
 def test_benchmark_and_binary_task(cxr3_root):
     dark = load_manifest(cxr3_root, benchmark="darkcovidnet")
-    assert dark["label"].value_counts().to_dict() == {"normal": 500, "pneumonia": 500, "covid": 124}
+    # DarkCovidNet's 500 normal images include the byte-identical 00002658_001/_002 pair: one is dropped
+    assert dark["label"].value_counts().to_dict() == {"normal": 499, "pneumonia": 500, "covid": 124}
     binary = load_manifest(cxr3_root, classes=("covid", "non-covid"))
-    assert binary["label"].value_counts().to_dict() == {"non-covid": 1091, "covid": 347}
+    assert binary["label"].value_counts().to_dict() == {"non-covid": 1462, "covid": 803}
     assert set(binary["target"]) == {0, 1}
 
 
 def test_folder_per_class_dataset(tmp_path):
     for label in ("covid", "normal", "pneumonia"):
         (tmp_path / label).mkdir()
-        for i in range(3):
-            Image.fromarray(make_xray(seed=i)).save(tmp_path / label / f"pat{i}__{label}{i}.png")
+        for i in range(3):  # one picture per file: the same picture under two labels is an error
+            Image.fromarray(make_xray(seed=i + 10 * len(label))).save(tmp_path / label / f"pat{i}__{label}{i}.png")
     df = load_manifest(tmp_path)
     assert len(df) == 9
     assert sorted(df["label"].unique()) == ["covid", "normal", "pneumonia"]

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import cxrdx
 from cxrdx.config import TrainConfig
 from cxrdx.data.transforms import build_transform, preprocess
-from cxrdx.explain import Explanation
+from cxrdx.explain import Explainer, Explanation, explain
 from cxrdx.models import create_model
+from cxrdx.registry import UnknownNameError
 from cxrdx.training.head_trainer import train_head
 
 from conftest import dicom_bytes, make_xray
@@ -37,7 +37,7 @@ def _assert_heatmap(exp: Explanation, shape: tuple[int, int]) -> None:
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_heatmap_has_the_image_size_and_values_in_0_1(model, method):
     grey = make_xray((256, 300), seed=1)
-    exp = cxrdx.explain(model, grey, method=method)
+    exp = explain(model, grey, method=method)
     _assert_heatmap(exp, (256, 300))
     assert exp.method == method and exp.predicted in model.classes and exp.target == exp.predicted
     assert sum(exp.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -48,13 +48,13 @@ def test_heatmap_has_the_image_size_and_values_in_0_1(model, method):
 def test_scorecam_runs():
     # Score-CAM runs one forward pass per backbone channel (1280): at 64x64 input that stays quick.
     small = create_model("tf_efficientnet_lite0", "gru", weights="imagenet", image_size=64).eval()
-    exp = cxrdx.explain(small, make_xray((96, 128), seed=2), method="scorecam")
+    exp = explain(small, make_xray((96, 128), seed=2), method="scorecam")
     _assert_heatmap(exp, (96, 128))
 
 
 def test_real_cxr3_image_overlay_and_heatmap_files(model, cxr3_root, tmp_path):
     path = sorted((cxr3_root / "images" / "covid").glob("*.png"))[0]
-    exp = cxrdx.explain(model, path)
+    exp = explain(model, path)
     h, w = np.asarray(Image.open(path)).shape
     _assert_heatmap(exp, (h, w))
     files = exp.save(tmp_path, "case")
@@ -64,47 +64,50 @@ def test_real_cxr3_image_overlay_and_heatmap_files(model, cxr3_root, tmp_path):
     np.testing.assert_array_equal(np.load(files["heatmap"]), exp.heatmap)
     assert json.loads(json.dumps(exp.to_dict()))["files"]["overlay"].endswith("case_overlay.png")
     # the same file as bytes gives the same explanation
-    again = cxrdx.explain(model, path.read_bytes())
+    again = explain(model, path.read_bytes())
     np.testing.assert_allclose(again.heatmap, exp.heatmap, atol=1e-5)
 
 
 def test_target_class_and_errors(model):
     grey = make_xray((128, 128), seed=3)
-    by_name = cxrdx.explain(model, grey, target_class="normal")
-    by_index = cxrdx.explain(model, grey, target_class=2)
+    by_name = explain(model, grey, target_class="normal")
+    by_index = explain(model, grey, target_class=2)
     assert by_name.target == by_index.target == "normal"
     np.testing.assert_allclose(by_name.heatmap, by_index.heatmap, atol=1e-6)
     with pytest.raises(ValueError, match="unknown class"):
-        cxrdx.explain(model, grey, target_class="flu")
-    with pytest.raises(ValueError, match="unknown method"):
-        cxrdx.explain(model, grey, method="guesscam")
+        explain(model, grey, target_class="flu")
+    with pytest.raises(UnknownNameError, match="unknown cam-method 'guesscam'; choose one of: gradcam, gradcam"):
+        explain(model, grey, method="guesscam")
     with pytest.raises(ValueError, match="8-bit"):
-        cxrdx.explain(model, grey.astype(np.float32))
+        explain(model, grey.astype(np.float32))
 
 
 def test_unreadable_input_is_a_typed_error(model):
     from cxrdx.data.io import ImageReadError
 
     with pytest.raises(ImageReadError):
-        cxrdx.explain(model, b"definitely not an image")
+        explain(model, b"definitely not an image")
 
 
 def test_dicom_input(model, tmp_path):
     data = dicom_bytes(make_xray((180, 150), seed=4))  # 12-bit data
     path = tmp_path / "chest.dcm"
     path.write_bytes(data)
-    from_file = cxrdx.explain(model, path)
+    from_file = explain(model, path)
     _assert_heatmap(from_file, (180, 150))
-    from_bytes = cxrdx.explain(model, data)
+    from_bytes = explain(model, data)
     np.testing.assert_allclose(from_bytes.heatmap, from_file.heatmap, atol=1e-5)
     from_file.save(tmp_path / "out", "chest")
     assert (tmp_path / "out" / "chest_overlay.png").is_file()
 
 
-def test_import_cxrdx_stays_light_and_explain_stays_callable():
+def test_import_cxrdx_and_the_cam_method_registry_stay_light():
     code = (
         "import sys, cxrdx; assert 'torch' not in sys.modules, 'import cxrdx pulled in torch'; "
-        "import cxrdx.explain.localisation; assert callable(cxrdx.explain); print('ok')"
+        "from cxrdx.registry import get_registry; names = get_registry('cam-methods').names(); "
+        "assert names == ['gradcam', 'gradcam++', 'scorecam'], names; "
+        "assert 'torch' not in sys.modules, 'the cam-methods registry pulled in torch'; "
+        "from cxrdx.explain import Explainer; assert callable(Explainer); print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -154,7 +157,7 @@ def test_cam_peaks_on_the_blob_that_decides_the_class():
     for i in range(120, n):
         if corners[i] is None:
             continue
-        exp = cxrdx.explain(blob_model, images[i], target_class="blob")
+        exp = explain(blob_model, images[i], target_class="blob")
         cy, cx = BLOB_CENTRES[corners[i]]
         r, c = exp.peak
         tried += 1
@@ -167,10 +170,10 @@ def test_cli_explain_images_and_score(model, tmp_path, cxr3_root):
     from typer.testing import CliRunner
 
     from cxrdx.cli import app
-    from cxrdx.training.checkpoint import save_checkpoint
+    from cxrdx.models.run import save_run
 
     run = tmp_path / "run"
-    save_checkpoint(model, run)
+    save_run(model, run)
     good = sorted((cxr3_root / "images" / "pneumonia").glob("*.png"))[0]
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -184,14 +187,25 @@ def test_cli_explain_images_and_score(model, tmp_path, cxr3_root):
     assert len(records) == 1 and records[0]["method"] == "gradcam++"
 
     bad_method = CliRunner().invoke(app, ["explain", str(good), "--model", str(run), "--method", "nope"])
-    assert bad_method.exit_code == 2 and "unknown method" in bad_method.output
+    assert bad_method.exit_code == 2 and "unknown cam-method 'nope'" in bad_method.output
     neither = CliRunner().invoke(app, ["explain", "--model", str(run)])
     assert neither.exit_code == 2
 
 
+def test_explainer_is_configured_once_and_called_per_image(model):
+    grey = make_xray((140, 120), seed=6)
+    explainer = Explainer(model, method="gradcam++")
+    exp = explainer(grey, target="covid")
+    assert exp.method == "gradcam++" and exp.target == "covid"
+    np.testing.assert_allclose(exp.heatmap, explain(model, grey, method="gradcam++", target_class="covid").heatmap, atol=1e-6)
+    assert explainer(grey).target == explainer(grey).predicted
+    with pytest.raises(UnknownNameError):
+        Explainer(model, method="guesscam")
+
+
 def test_explain_works_inside_inference_mode(model):
     grey = make_xray((120, 140), seed=5)
-    expected = cxrdx.explain(model, grey).heatmap
+    expected = explain(model, grey).heatmap
     with torch.inference_mode():
-        inside = cxrdx.explain(model, grey).heatmap
+        inside = explain(model, grey).heatmap
     np.testing.assert_allclose(inside, expected, atol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cxrdx.config import load_config
-from cxrdx.training import load_checkpoint, save_checkpoint
+from cxrdx.models.run import load_run, save_run
 from cxrdx.training.finetune import finetune
 from cxrdx.training.pipeline import build_model
 
@@ -29,10 +29,10 @@ def test_finetune_changes_only_the_unfrozen_blocks_and_resumes(cxr3_slice, tmp_p
     assert changed and changed <= {"blocks.6", "conv_head", "bn2"}
     assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])
 
-    save_checkpoint(model, tmp_path / "run")
+    save_run(model, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "model.json").read_text())["backbone_in_checkpoint"] is True
     x = torch.randn(1, 3, 224, 224)
-    torch.testing.assert_close(load_checkpoint(tmp_path / "run").predict_proba(x), model.predict_proba(x))
+    torch.testing.assert_close(load_run(tmp_path / "run").predict_proba(x), model.predict_proba(x))
 
     # resume: a second call with more epochs continues at epoch 2 instead of starting over
     cfg.train.finetune_epochs = 2

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrdx.evaluation.bootstrap import patient_mean_ci
+from cxrdx.stats.bootstrap import patient_mean_ci
 from cxrdx.explain.localisation import area_fraction, energy_inside, load_mask, peak_inside
 
 

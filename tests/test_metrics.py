@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrdx.evaluation.bootstrap import full_metric_fn, light_metric_fn, metrics_with_ci, patient_bootstrap
+from cxrdx.stats.bootstrap import full_metric_fn, light_metric_fn, metrics_with_ci, patient_bootstrap
 from cxrdx.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
-from cxrdx.evaluation.metrics import compute_metrics
+from cxrdx.stats.metrics import compute_metrics
 from cxrdx.evaluation.operating_point import score_at_threshold, threshold_for_sensitivity
 
 CLASSES = ("covid", "pneumonia", "normal")

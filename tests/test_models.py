@@ -21,7 +21,7 @@ def test_default_backbone_with_every_head(head):
 def test_every_backbone_gives_7x7xC_and_every_head_reads_it(backbone):
     """Each seed backbone gives the 7x7xC map; each head turns it into class logits (3-class and binary)."""
     model = create_model(backbone, "pool", num_classes=3, weights="none").eval()
-    channels = BACKBONES[backbone].channels
+    channels = BACKBONES.get(backbone).channels
     with torch.no_grad():
         fmap = model.forward_features(torch.randn(1, 3, 224, 224))
         assert fmap.shape == (1, channels, 7, 7)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from cxrdx.cli import app as cli_app
 from cxrdx.inference.predictor import Predictor
 from cxrdx.models.heads import HEADS
-from cxrdx.serve.export import export_model
-from cxrdx.serve.onnx_runtime import OnnxModelError, OnnxPredictor
+from cxrdx.inference.onnx_export import export_model
+from cxrdx.inference.onnx_runtime import OnnxModelError, OnnxPredictor
 from test_serve_support import cxr3_images, make_run
 
 TOL = 1e-4
@@ -111,7 +111,7 @@ def test_cli_export_then_predict_with_onnx_runtime(cxr3_root, tmp_path):
 
 def test_missing_or_stale_onnx_is_refused_with_a_clear_message(tmp_path):
     from cxrdx.models.factory import create_model
-    from cxrdx.training.checkpoint import save_checkpoint
+    from cxrdx.models.run import save_run
 
     run = make_run(tmp_path / "run", head="pool", export=False)
     with pytest.raises(OnnxModelError, match="cxrdx export --onnx"):
@@ -121,7 +121,7 @@ def test_missing_or_stale_onnx_is_refused_with_a_clear_message(tmp_path):
     make_run(run, head="pool")  # export
     OnnxPredictor.from_run_dir(run)
     torch.manual_seed(123)  # retrain (new weights) without re-exporting
-    save_checkpoint(create_model("tf_efficientnet_lite0", "pool", weights="imagenet"), run)
+    save_run(create_model("tf_efficientnet_lite0", "pool", weights="imagenet"), run)
     with pytest.raises(OnnxModelError, match="again"):
         OnnxPredictor.from_run_dir(run)
     other = tmp_path / "copy.onnx"

@@ -53,3 +53,39 @@ def test_results_in_order_with_errors_in_place(cls, batch_size, model, tmp_path)
 
 def test_empty_input_gives_no_results(model):
     assert ReadAheadPredictor(model).predict_paths([]) == []
+
+
+def test_write_predictions_csv_json_and_stream(tmp_path):
+    import csv
+    import io
+    import json
+
+    from cxrdx.data.io import ImageReadError
+    from cxrdx.inference.output import write_predictions
+    from cxrdx.inference.predictor import Prediction
+
+    classes = ["covid", "normal"]
+    results = [
+        Prediction("a.png", {"covid": 0.25, "normal": 0.75}, "normal"),
+        Prediction("b.png", error=ImageReadError("truncated", source="b.png")),
+    ]
+    stream = io.StringIO()
+    write_predictions(results, classes, None, stream=stream)
+    rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+    assert list(rows[0]) == ["file", "predicted", "p_covid", "p_normal", "error"]
+    assert rows[0] == {"file": "a.png", "predicted": "normal", "p_covid": "0.250000", "p_normal": "0.750000", "error": ""}
+    assert rows[1]["p_covid"] == "" and rows[1]["error"] == "unreadable: b.png: truncated"
+    write_predictions(results, classes, tmp_path / "p.csv")
+    assert (tmp_path / "p.csv").read_bytes().decode() == stream.getvalue()
+    write_predictions(results, classes, tmp_path / "p.json")
+    assert json.loads((tmp_path / "p.json").read_text()) == [r.to_dict() for r in results]
+
+
+def test_runtimes_registry_and_unknown_runtime(model, tmp_path):
+    from cxrdx.inference.runtimes import RUNTIMES, create_predictor
+    from cxrdx.registry import UnknownNameError, get_registry
+
+    assert get_registry("runtimes") is RUNTIMES and RUNTIMES.names() == ["torch", "onnx"]
+    with pytest.raises(UnknownNameError, match="unknown runtime 'tensorrt'; choose one of: torch, onnx"):
+        create_predictor(tmp_path, "tensorrt")
+    assert create_predictor(tmp_path, "torch", model=model).model is model

@@ -12,9 +12,8 @@ from PIL import Image
 
 from conftest import make_xray
 from cxrdx.inference.predictor import Predictor
-from cxrdx.serve.loadtest import bad_uploads
-from cxrdx.training.checkpoint import load_checkpoint
-from test_serve_support import cxr3_images, dicom_bytes, jpeg_bytes, make_app, served_run  # noqa: F401
+from cxrdx.models.run import load_run
+from test_serve_support import bad_uploads, cxr3_images, dicom_bytes, jpeg_bytes, make_app, served_run  # noqa: F401
 
 TOL = 1e-4
 
@@ -46,7 +45,7 @@ def test_health_models_and_offline_docs(onnx_client):
 def test_predict_equals_library_probabilities(runtime, served_run, cxr3_root, tmp_path):
     client = TestClient(make_app(served_run, tmp_path, runtime=runtime))
     paths = cxr3_images(cxr3_root, 3)
-    expected = Predictor(load_checkpoint(served_run)).predict_paths(paths)
+    expected = Predictor(load_run(served_run)).predict_paths(paths)
     for path, exp in zip(paths, expected):
         r = _post(client, path.read_bytes())
         assert r.status_code == 200, r.text

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from cxrdx.serve.loadtest import Upload, bad_uploads, run_load, serve_in_thread
-from test_serve_support import cxr3_images, make_app, served_run  # noqa: F401
+from test_serve_support import Upload, bad_uploads, cxr3_images, make_app, run_load, served_run, serve_in_thread  # noqa: F401
 
 
 def test_concurrent_mixed_uploads_give_no_5xx_and_lose_no_audit_rows(served_run, cxr3_root, tmp_path, monkeypatch):

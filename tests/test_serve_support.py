@@ -1,11 +1,13 @@
 """Shared helpers for the serve / ONNX / audit / web tests (no tests here).
 
 Models are built in the test session: the ImageNet backbone (offline weights)
-with a seeded random head, saved with ``save_checkpoint`` and exported to ONNX.
+with a seeded random head, saved with ``save_run`` and exported to ONNX.
+The load-test tool (``benchmarks/loadtest.py``, not part of the package) is imported here for the tests.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +16,20 @@ import torch
 
 from conftest import dicom_bytes, make_xray  # noqa: F401 (dicom_bytes re-exported for the serve tests)
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+from loadtest import Upload, bad_uploads, free_port, run_load, serve_in_thread  # noqa: E402,F401 (re-exported)
+
 
 def make_run(run_dir: Path, head: str = "bilstm", weights: str = "imagenet", seed: int = 0, export: bool = True) -> Path:
     from cxrdx.models.factory import create_model
-    from cxrdx.serve.export import export_run
-    from cxrdx.training.checkpoint import save_checkpoint
+    from cxrdx.inference.onnx_export import export_run
+    from cxrdx.models.run import save_run
 
     torch.manual_seed(seed)
-    save_checkpoint(create_model("tf_efficientnet_lite0", head, weights=weights), run_dir)
+    save_run(create_model("tf_efficientnet_lite0", head, weights=weights), run_dir)
     if export:
         export_run(run_dir)
     return run_dir

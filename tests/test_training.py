@@ -9,9 +9,10 @@ from typer.testing import CliRunner
 
 from cxrdx.cli import app
 from cxrdx.config import load_config
-from cxrdx.features import extract_features
+from cxrdx.features.cache import extract_features
 from cxrdx.models import create_model
-from cxrdx.training import load_checkpoint, run_training
+from cxrdx.models.run import load_run
+from cxrdx.training.pipeline import run_training
 
 
 def test_feature_cache_is_hit_on_second_run(cxr3_slice, feature_cache_dir):
@@ -58,7 +59,7 @@ def test_short_real_training_beats_chance_on_held_out_patients(trained_run):
 def test_checkpoint_round_trip_gives_identical_probabilities(trained_run, cxr3_slice):
     import torch
 
-    reloaded = load_checkpoint(trained_run.run_dir)
+    reloaded = load_run(trained_run.run_dir)
     x = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(reloaded.predict_proba(x), trained_run.model.predict_proba(x))
 

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-from cxrdx.serve.loadtest import serve_in_thread
-from test_serve_support import cxr3_images, make_app, served_run  # noqa: F401
+from test_serve_support import cxr3_images, make_app, served_run, serve_in_thread  # noqa: F401
 
 CHROMIUM = os.environ.get("CXRDX_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
@@ -20,9 +20,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} (apt-get install chromium)")
+    from playwright import sync_api
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield b

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-CLASSES_3 = ("covid", "pneumonia", "normal")
-CLASSES_BINARY = ("covid", "non-covid")
+from .registry import UnknownNameError, get_registry
+from .tasks import TRAINING_TASKS, get_task
 
 
 def default_data_root() -> Path:
@@ -62,12 +62,17 @@ class DataConfig:
     max_pixels: int = 64_000_000
     """Decompression-bomb guard: images with more pixels are refused."""
     max_file_bytes: int = 64 * 1024 * 1024
+    max_decoded_bytes: int = 64 * 1024 * 1024
+    """Decode budget: width x height x bytes per pixel (and a deflated DICOM's inflated size) above
+    this is refused from the header, before pixel memory is spent; larger JPEGs are decoded downscaled."""
+    max_aspect_ratio: float = 10.0
+    """Long side / short side above this is refused (no radiograph is a 16 x 4,000,000 strip)."""
     cache_dir: str | None = None
     """Feature cache; None -> $CXRDX_CACHE or ~/.cache/cxrdx."""
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return CLASSES_BINARY if self.task == "binary" else CLASSES_3
+        return get_task(self.task).classes
 
     def resolved_root(self) -> Path:
         return Path(self.root) if self.root else default_data_root()
@@ -134,6 +139,23 @@ class ServeConfig:
     """Name of the environment variable holding the bearer token (unset = no auth). Never put the token in a file."""
     threads: int | None = None
     """Intra-op threads for torch / ONNX Runtime; None = all cores."""
+    insecure_no_auth: bool = False
+    """Allow a non-loopback ``host`` without a token (``--insecure-no-auth``); refused otherwise."""
+    trusted_proxies: str = ""
+    """Comma-separated IPs / CIDR networks (``--trusted-proxy``) whose ``X-Forwarded-For`` is believed;
+    from any other peer the socket address is the client."""
+    max_concurrent_decodes: int = 2
+    """Uploads decoded + preprocessed at once (each may take up to the decode budget of memory)."""
+    decode_wait_s: float = 30.0
+    """A request waiting longer than this for a decode slot gets 503 ``server_busy``."""
+    header_timeout_s: float = 10.0
+    """A connection must send complete request headers within this many seconds, or it is closed."""
+    body_timeout_s: float = 60.0
+    """The whole request body must arrive within this many seconds (408 ``body_timeout``)."""
+    body_idle_timeout_s: float = 10.0
+    """At most this many seconds between two pieces of a request body (408 ``body_timeout``)."""
+    keep_alive_s: int = 5
+    """Idle keep-alive connections are closed after this many seconds."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -142,7 +164,42 @@ class ServeConfig:
         return env if env else f"sqlite:///{default_home_dir() / 'audit.db'}"
 
     def api_token(self) -> str | None:
-        return os.environ.get(self.token_env) or None
+        """The bearer token from ``token_env``; unset = no auth, set but empty (or blank) is an error."""
+        value = os.environ.get(self.token_env)
+        if value is None:
+            return None
+        if not value.strip():
+            raise ConfigError(f"{self.token_env} is set but empty; unset it to run without a token, or give a token")
+        return value
+
+    def check(self) -> None:
+        """Ranges of the serving settings (one-line :class:`ConfigError`)."""
+        import ipaddress
+
+        for name in ("max_upload_bytes", "max_concurrent_decodes", "decode_wait_s", "header_timeout_s",
+                     "body_timeout_s", "body_idle_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"serve.{name}: {getattr(self, name)} is out of range; it must be positive")
+        for item in self.proxy_list():
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"serve.trusted_proxies: {item[:60]!r} is not an IP address or network") from None
+
+    def proxy_list(self) -> list[str]:
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback without a token, unless ``insecure_no_auth`` says so."""
+        import ipaddress
+
+        try:
+            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and self.api_token() is None and not self.insecure_no_auth:
+            raise ConfigError(f"refusing to serve on {self.host} without a token: set {self.token_env}, "
+                              "or pass --insecure-no-auth to expose the audit log to anyone who can connect")
 
 
 @dataclass
@@ -220,6 +277,46 @@ class EvalConfig:
     """``cxrdx compare`` grid: backbones; those without offline weights are listed as skipped."""
     baselines: str = "svm,logreg"
     """scikit-learn baselines on pooled CNN features (``svm``, ``logreg``; empty = none)."""
+    min_source_images: int = 30
+    """Leave-one-source-out (``cxrdx cv/compare --by source``): a source with fewer images is never held out
+    (it still trains the other folds) and is listed as skipped."""
+
+
+@dataclass
+class LungsConfig:
+    """``cxrdx lungs``: the lung segmenter (U-Net, EfficientNet-Lite0 encoder) trained on ``lungseg``."""
+
+    data: str | None = None
+    """lungseg folder (metadata.csv: image,mask,source,patient_id); None -> $CXRDX_LUNGSEG or ../shared/data/lungseg."""
+    model_dir: str = "runs/lungs"
+    """Run folder of the trained segmenter (segmenter.safetensors + segmenter.json + segmenter.onnx)."""
+    image_size: int = 256
+    """Square network input; masks are mapped back to each image's own size."""
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    """Early stopping: epochs without a better validation Dice."""
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    """Shares of patients, grouped by patient_id and stratified by source."""
+    seed: int = 0
+    augment: bool = True
+    frozen_blocks: int = 3
+    """The encoder stem and its first N blocks (1, 2, 3, 5 or 7) keep their ImageNet weights and their outputs
+    are computed once per training image and augmented copy (~3x less CPU per epoch); 0 = fine-tune the
+    whole encoder with fresh augmentation every batch."""
+    augment_copies: int = 2
+    """With frozen_blocks > 0: augmented copies cached per training image (each epoch draws one version)."""
+    max_minutes: float | None = None
+    """Stop after the epoch that passes this wall-clock budget (the best epoch so far is kept)."""
+    threads: int | None = None
+    """Torch intra-op threads; None -> $CXRDX_THREADS or all cores."""
+    threshold: float = 0.5
+    """Lung probability above which a pixel is lung."""
+    min_lung_fraction: float = 0.02
+    """Below this share of the image, a mask counts as "no lungs found"."""
 
 
 @dataclass
@@ -231,6 +328,7 @@ class Config:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    lungs: LungsConfig = field(default_factory=LungsConfig)
     out_dir: str = "runs/demo"
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,11 +414,74 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+# setting -> registry kind whose names it must hold (comma-separated lists for the compare grid)
+REGISTERED_NAMES: dict[str, str] = {
+    "model.backbone": "backbones",
+    "model.head": "heads",
+    "serve.runtime": "runtimes",
+    "explain.method": "cam-methods",
+    "evaluation.heads": "heads",
+    "evaluation.backbones": "backbones",
+    "evaluation.baselines": "baselines",
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Check every name in ``cfg`` against its registry (and the task list) before any data is read."""
+    if cfg.data.task not in TRAINING_TASKS:
+        raise ConfigError(f"data.task: unknown task {cfg.data.task!r}; choose one of: {', '.join(TRAINING_TASKS)}")
+    for dotted, kind in REGISTERED_NAMES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        names = [n.strip() for n in value.split(",") if n.strip()] if dotted.startswith("evaluation.") else [value]
+        registry = get_registry(kind)
+        for name in names:
+            try:
+                registry.check(name)
+            except UnknownNameError as exc:
+                raise ConfigError(f"{dotted}: {exc}") from None
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Numbers that must lie in a range (one-line ConfigError, not a traceback later)."""
+    checks = (
+        ("serve.port", cfg.serve.port, 1, 65535),
+        ("data.max_decoded_bytes", cfg.data.max_decoded_bytes, 1, None),
+        ("data.max_aspect_ratio", cfg.data.max_aspect_ratio, 1, None),
+    )
+    for dotted, value, lo, hi in checks:
+        if value < lo or (hi is not None and value > hi):
+            span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{dotted}: {value} is out of range; it must be {span}")
+    cfg.serve.check()
+    if cfg.serve.database_url:
+        _check_database_url(cfg.serve.database_url)
+
+
+def _check_database_url(url: str) -> None:
+    """``serve.database_url`` must be an SQLAlchemy URL of an installed dialect (checked without connecting)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+        scheme = url.split(":", 1)[0][:40]
+        raise ConfigError(
+            f"serve.database_url: {scheme!r} is not a usable SQLAlchemy database URL "
+            f"({type(exc).__name__}); use e.g. sqlite:///path/audit.db or postgresql+psycopg://user@host/db"
+        ) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *, check_names: bool = True) -> Config:
+    """Defaults <- YAML file <- ``section.key=value`` overrides, then every registered name checked."""
     cfg = Config()
     if path:
         raw = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         _update(cfg, raw, prefix="")
-    return apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)
+    return validate(cfg) if check_names else cfg

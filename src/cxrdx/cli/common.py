@@ -20,12 +20,13 @@ def friendly_errors(fn: Callable) -> Callable:
     from ..data.io import ImageReadError
     from ..data.manifest import ManifestError
     from ..data.splits import LeakageError
-    from ..models.backbones import UnknownBackboneError
+    from ..models.run import RunError
     from ..models.weights import WeightsUnavailableError
-    from ..training.checkpoint import CheckpointError
+    from ..registry import UnknownNameError
+    from ..stats.metrics import MetricsError
 
-    known = (ConfigError, ManifestError, LeakageError, WeightsUnavailableError, CheckpointError,
-             UnknownBackboneError, ImageReadError, FileNotFoundError)
+    known = (ConfigError, ManifestError, LeakageError, WeightsUnavailableError, RunError,
+             UnknownNameError, ImageReadError, FileNotFoundError, MetricsError)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -36,6 +37,11 @@ def friendly_errors(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def registered(kind: str) -> str:
+    """Help text for an option whose value is a registry name (the names come from the registry, not from here)."""
+    return f"A name from `cxrdx list {kind}`."
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/).")

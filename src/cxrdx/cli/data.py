@@ -22,7 +22,7 @@ data_app = typer.Typer(
 @friendly_errors
 def fetch(
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to write: images/<label>/*.png + metadata.csv."),
-    only: Optional[str] = typer.Option(None, "--only", help="Fetch one source only: darkcovidnet | ieee8023."),
+    only: Optional[str] = typer.Option(None, "--only", help="Fetch one source only (`cxrdx list sources`)."),
     source_url: Optional[list[str]] = typer.Option(
         None, "--source-url",
         help="NAME=URL_OR_PATH: another URL, a file:// URL, a local zip or an extracted folder for a source (repeatable).",

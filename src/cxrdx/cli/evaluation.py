@@ -25,41 +25,48 @@ def _split(text: str | None) -> list[str]:
 
 
 def _print_results(result: dict) -> None:
-    from ..evaluation.tables import benchmark_table, comparison_table, confusion_table, macro_row_ci, metrics_table
+    from ..evaluation.tables import (benchmark_table, comparison_table, confusion_table, loso_overview, loso_table,
+                                     macro_row_ci, metrics_table)
 
     for task, res in result["tasks"].items():
-        best = res["best"]
-        proto = best["protocol"]
+        best = res["best"]  # a CVSummary
+        loso = res.get("loso")
+        if loso:  # unseen hospitals first: the gap to the random split is the first thing to read
+            console.rule(f"[bold]{task}: unseen hospitals (leave-one-source-out)[/]")
+            console.print(loso_table(loso, title=f"{task}: unseen hospitals (leave-one-source-out), selected by validation: "
+                                                 f"{loso['selected']}, roi {loso['roi']}"))
+            if len(loso["candidates"]) > 1:
+                console.print(loso_overview(loso))
+            for skip in loso["skipped"]:
+                console.print(f"[yellow]not held out: {skip['source']} ({skip['n_images']} images): {skip['reason']}[/]")
+        proto = best.protocol
         console.rule(f"[bold]{task}[/] ({proto['n_images']} images, {proto['n_patients']} patients, {proto['folds']}-fold, {proto['label']})")
         if len(res["rows"]) > 1:
             console.print(comparison_table(res["rows"], title=f"{task}: ranked by {res['ranked_by']}"))
-        console.print(metrics_table(best["pooled"], title=f"{best['model']['name']}, pooled out-of-fold"))
-        console.print(macro_row_ci(best["pooled"]))
-        console.print(confusion_table(best["pooled"]))
-        op = best.get("operating_point")
+        console.print(metrics_table(best.pooled, title=f"{best.name}, pooled out-of-fold"))
+        console.print(macro_row_ci(best.pooled))
+        console.print(confusion_table(best.pooled))
+        op = best.operating_point
         if op:
-            t, ci = op["test"], op["ci"]
-            console.print(f"operating point (covid threshold chosen on validation for sensitivity >= {op['target_sensitivity']:.2f}): "
-                          f"test sensitivity {t['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, {ci['sensitivity'][1]:.3f}], "
-                          f"specificity {t['specificity']:.3f} [{ci['specificity'][0]:.3f}, {ci['specificity'][1]:.3f}]")
-        cal = best["calibration"]
-        line = f"ECE {cal['raw']['ece']:.3f}"
-        if "temperature_scaled" in cal:
-            line += f" -> {cal['temperature_scaled']['ece']:.3f} with temperature scaling"
+            console.print(f"operating point (covid threshold chosen on validation for sensitivity >= {op.target_sensitivity:.2f}): "
+                          f"test sensitivity {op.sensitivity.text()}, specificity {op.specificity.text()}")
+        line = f"ECE {best.ece:.3f}"
+        if best.ece_scaled is not None:
+            line += f" -> {best.ece_scaled:.3f} with temperature scaling"
         console.print(line)
-        for name, s in best.get("shortcut", {}).items():
+        for name, s in (best.shortcut or {}).items():
             style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
             console.print(f"[{style}]shortcut control ({name}): {s['verdict']['text']}[/]")
-        if res.get("trained_without_lungs"):
-            s = res["trained_without_lungs"]
-            style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
-            console.print(f"[{style}]shortcut control (trained without lungs): {s['verdict']['text']}[/]")
-        for src in best.get("per_source", []):
+        for key in ("trained_without_lungs", "trained_on_border_only"):
+            if res.get(key):
+                s = res[key]
+                style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
+                console.print(f"[{style}]shortcut control ({key.replace('_', ' ')}): {s['verdict']['text']}[/]")
+        for src in best.per_source or []:
             console.print(f"source {src['source']}: {src['n']} images {src['labels']}, accuracy {src['accuracy']:.3f}")
         if res.get("image_level"):
-            leaky = res["image_level"]["pooled"]
-            console.print(f"[yellow]image-level (LEAKY) protocol, same model: accuracy {leaky['accuracy']:.3f} "
-                          f"vs patient-level {best['pooled']['accuracy']:.3f}[/]")
+            console.print(f"[yellow]image-level (LEAKY) protocol, same model: accuracy {res['image_level'].pooled.accuracy.value:.3f} "
+                          f"vs patient-level {best.pooled.accuracy.value:.3f}[/]")
     if result.get("benchmark"):
         console.print(benchmark_table(result["benchmark"]))
 
@@ -84,10 +91,14 @@ def _tasks(cfg, task: Optional[str], benchmark: Optional[str]) -> list[str]:
     return [cfg.data.task]
 
 
-TaskOpt = typer.Option(None, help="3class | binary | covid-vs-normal (comma-separated for several). Default: data.task, or the benchmark's tasks.")
+TaskOpt = typer.Option(None, help="Tasks from `cxrdx list tasks` (comma-separated for several). Default: data.task, or the benchmark's tasks.")
 BenchmarkOpt = typer.Option(None, help="darkcovidnet: its 1,124 rows, 3-class and covid-vs-normal, beside the published image-level numbers.")
 FoldsOpt = typer.Option(None, help="Number of patient-grouped folds (default 5).")
 BlackoutOpt = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out.")
+BorderOpt = typer.Option(True, "--border/--no-border",
+                         help="Shortcut control: only a frame at the image border kept (inside greyed out); features re-extracted once.")
+ByOpt = typer.Option("patient", "--by", help="patient: random patient-grouped folds. source: also leave-one-source-out "
+                     "(train on the other sources, test on each source with >= evaluation.min_source_images images), shown first.")
 
 
 def _out_opt(kind: str):
@@ -95,13 +106,17 @@ def _out_opt(kind: str):
 
 
 def _request(cfg, *, models: list[str], backbones: list[str], task: Optional[str], benchmark: Optional[str],
-             image_level: Optional[bool], blackout: bool, ensemble_top: int, command: str):
+             image_level: Optional[bool], blackout: bool, ensemble_top: int, command: str, border: bool = True,
+             by: str = "patient"):
+    from ..config import ConfigError
     from ..evaluation.compare import GridRequest
 
+    if by not in ("patient", "source"):
+        raise ConfigError(f"--by must be 'patient' or 'source', not {by!r}")
     return GridRequest(
         tasks=_tasks(cfg, task, benchmark), models=models, backbones=backbones, benchmark=benchmark,
-        image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout,
-        ensemble_top=ensemble_top, command=command,
+        image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, border=border,
+        ensemble_top=ensemble_top, command=command, by=by,
     )
 
 
@@ -110,7 +125,7 @@ def cv(
     config: Optional[Path] = ConfigOpt,
     data: Optional[Path] = DataOpt,
     manifest: Optional[Path] = ManifestOpt,
-    model: Optional[str] = typer.Option(None, help="A head (lstm | gru | bilstm | bigru | attention | pool) or a baseline (svm | logreg). Default: model.head."),
+    model: Optional[str] = typer.Option(None, help="A head (`cxrdx list heads`) or a baseline (`cxrdx list baselines`). Default: model.head."),
     backbone: Optional[str] = typer.Option(None, help="Backbone whose cached features are used (default model.backbone)."),
     task: Optional[str] = TaskOpt,
     benchmark: Optional[str] = BenchmarkOpt,
@@ -119,6 +134,8 @@ def cv(
     target_sensitivity: Optional[float] = typer.Option(None, help="Covid operating point: sensitivity to reach on validation (default 0.95)."),
     image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = BlackoutOpt,
+    border: bool = BorderOpt,
+    by: str = ByOpt,
     out: Optional[Path] = _out_opt("cv"),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -128,7 +145,7 @@ def cv(
         "evaluation.temperature": temperature, "evaluation.target_sensitivity": target_sensitivity,
     })
     req = _request(cfg, models=[model or cfg.model.head], backbones=[cfg.model.backbone], task=task, benchmark=benchmark,
-                   image_level=image_level, blackout=blackout, ensemble_top=0, command="cv")
+                   image_level=image_level, blackout=blackout, ensemble_top=0, command="cv", border=border, by=by)
     _run("cv", cfg, req, out)
 
 
@@ -137,15 +154,17 @@ def compare(
     config: Optional[Path] = ConfigOpt,
     data: Optional[Path] = DataOpt,
     manifest: Optional[Path] = ManifestOpt,
-    heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default evaluation.heads: lstm,gru,bilstm,bigru,attention,pool)."),
-    backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones (default evaluation.backbones; unavailable ones are listed as skipped)."),
-    baselines: Optional[str] = typer.Option(None, help="Comma-separated scikit-learn baselines on pooled features: svm,logreg ('' for none)."),
+    heads: Optional[str] = typer.Option(None, help="Comma-separated heads from `cxrdx list heads` (default evaluation.heads)."),
+    backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones from `cxrdx list backbones` (default evaluation.backbones; those without weights are listed as skipped)."),
+    baselines: Optional[str] = typer.Option(None, help="Comma-separated scikit-learn baselines on pooled features, from `cxrdx list baselines` ('' for none)."),
     task: Optional[str] = TaskOpt,
     benchmark: Optional[str] = BenchmarkOpt,
     folds: Optional[int] = FoldsOpt,
     ensemble_top: int = typer.Option(3, help="Add an ensemble (mean probabilities) of the top N models by validation macro-F1; 0 = none."),
     image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = BlackoutOpt,
+    border: bool = BorderOpt,
+    by: str = ByOpt,
     out: Optional[Path] = _out_opt("compare"),
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -156,7 +175,8 @@ def compare(
     })
     ev = cfg.evaluation
     req = _request(cfg, models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones), task=task,
-                   benchmark=benchmark, image_level=image_level, blackout=blackout, ensemble_top=ensemble_top, command="compare")
+                   benchmark=benchmark, image_level=image_level, blackout=blackout, ensemble_top=ensemble_top, command="compare",
+                   border=border, by=by)
     _run("compare", cfg, req, out)
 
 

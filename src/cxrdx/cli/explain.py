@@ -53,7 +53,7 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 def explain(
     images: Optional[list[Path]] = typer.Argument(None, help="Image files (PNG/JPEG/DICOM) or folders."),
     model_dir: Path = typer.Option(Path("runs/demo"), "--model", "--run", "-m", help="Run folder with model.safetensors + model.json."),
-    method: Optional[str] = typer.Option(None, help="gradcam | gradcam++ | scorecam (default: explain.method)."),
+    method: Optional[str] = typer.Option(None, help="A CAM method from `cxrdx list cam-methods` (default: explain.method)."),
     target: Optional[str] = typer.Option(None, help="Explain this class instead of the predicted one."),
     score: bool = typer.Option(False, "--score", help="Score the heatmaps against the lung / lesion masks of --data."),
     data: Optional[Path] = DataOpt,
@@ -63,17 +63,21 @@ def explain(
 ) -> None:
     """Grad-CAM heatmaps: an overlay PNG + raw heatmap .npy per image, or (--score) localisation scores with CIs."""
     from ..data.io import ImageReadError, ReadLimits, expand_paths
-    from ..explain.cam import METHODS, explain as explain_image
-    from ..training.checkpoint import load_checkpoint
+    from ..explain.cam import Explainer
+    from ..explain.methods import CAM_METHODS
+    from ..models.run import load_run
+    from ..registry import UnknownNameError
 
     cfg = build_config(config, overrides, **{"data.root": data, "explain.method": method})
     method = cfg.explain.method
-    if method not in METHODS:
-        raise typer.BadParameter(f"unknown method {method!r}; choose one of {sorted(METHODS)}", param_hint="--method")
+    try:
+        CAM_METHODS.check(method)
+    except UnknownNameError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--method") from None
     if score == bool(images):
         raise typer.BadParameter("give IMAGES to explain, or --score (not both)")
     limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
-    model = load_checkpoint(model_dir)
+    model = load_run(model_dir)
     if target is not None and target not in model.classes:
         raise typer.BadParameter(f"unknown class {target!r}; the model knows {model.classes}", param_hint="--target")
     if score:
@@ -90,9 +94,10 @@ def explain(
     out = out or model_dir / "explain" / "images"
     used: set[str] = set()
     done, bad = [], 0
+    explainer = Explainer(model, method, limits=limits, settings=cfg.explain)
     for path in expand_paths(images):
         try:
-            exp = explain_image(model, path, method=method, target_class=target, limits=limits, settings=cfg.explain)
+            exp = explainer(path, target)
         except ImageReadError as exc:
             err_console.print(f"[yellow]skipped[/] {exc}")
             bad += 1

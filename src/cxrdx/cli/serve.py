@@ -15,7 +15,7 @@ def serve(
     model_dir: Optional[Path] = typer.Option(None, "--model", "-m", help="Run folder (default runs/demo)."),
     host: Optional[str] = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
-    runtime: Optional[str] = typer.Option(None, help="torch | onnx (onnx needs `cxrdx export --onnx RUN_DIR`)."),
+    runtime: Optional[str] = typer.Option(None, help="A runtime from `cxrdx list runtimes` (onnx needs `cxrdx export --onnx RUN_DIR`)."),
     database_url: Optional[str] = typer.Option(None, "--database-url", help="Audit log SQLAlchemy URL (default: SQLite under $CXRDX_HOME)."),
     max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Larger uploads get 413 (default 20)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: all cores)."),
@@ -53,7 +53,7 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default RUN_DIR/model.onnx)."),
 ) -> None:
     """Export the whole model (backbone + head + softmax) for fast CPU serving; checks it against PyTorch."""
-    from ..serve.export import export_run
+    from ..inference.onnx_export import export_run
 
     if not onnx:
         raise typer.BadParameter("choose a format: --onnx")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import ConfigOpt, DataOpt, ManifestOpt, SetOpt, build_config, console, err_console, friendly_errors
+from .common import ConfigOpt, DataOpt, ManifestOpt, SetOpt, build_config, console, err_console, friendly_errors, registered
 
 
 def _print_outcome(metrics: dict, title: str) -> None:
@@ -22,16 +20,21 @@ def _print_outcome(metrics: dict, title: str) -> None:
     console.print(confusion_table(metrics))
 
 
+def _print_skipped(failures) -> None:
+    for _path, err in failures:
+        err_console.print(f"[yellow]skipped[/] {err}")
+
+
 @friendly_errors
 def train(
     config: Optional[Path] = ConfigOpt,
     data: Optional[Path] = DataOpt,
     manifest: Optional[Path] = ManifestOpt,
-    backbone: Optional[str] = typer.Option(None, help="tf_efficientnet_lite0 | densenet121 | resnetv2_152 | vgg19"),
-    head: Optional[str] = typer.Option(None, help="lstm | gru | bilstm | bigru | attention | pool"),
+    backbone: Optional[str] = typer.Option(None, help=registered("backbones")),
+    head: Optional[str] = typer.Option(None, help=registered("heads")),
     weights: Optional[str] = typer.Option(None, help="imagenet | none | path to backbone weights"),
-    task: Optional[str] = typer.Option(None, help="3class | binary"),
-    benchmark: Optional[str] = typer.Option(None, help="Keep only rows of this benchmark (e.g. darkcovidnet)."),
+    task: Optional[str] = typer.Option(None, help=registered("tasks")),
+    benchmark: Optional[str] = typer.Option(None, help="Keep only rows of this benchmark (" + registered("benchmarks") + ")."),
     epochs: Optional[int] = typer.Option(None, help="Head-training epochs."),
     finetune_blocks: Optional[int] = typer.Option(None, "--finetune-blocks", help="Stage (b): unfreeze the last N backbone blocks."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/demo)."),
@@ -52,8 +55,7 @@ def train(
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     _print_outcome(outcome.metrics, f"Held-out test patients ({cfg.model.backbone} + {cfg.model.head})")
-    for path, err in outcome.failures:
-        err_console.print(f"[yellow]skipped[/] {err}")
+    _print_skipped(outcome.failures)
     console.print(f"run folder: [bold]{outcome.run_dir}[/] ({outcome.timings['total_s']:.0f} s)")
 
 
@@ -66,33 +68,13 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
 ) -> None:
     """Score a trained model: accuracy, per-class sensitivity / specificity / precision / F1 / AUC, confusion matrix."""
-    import pandas as pd
+    from ..evaluation.evaluate import evaluate_run
 
-    from ..config import Config
-    from ..data.manifest import load_manifest
-    from ..evaluation.bootstrap import metrics_with_ci
-    from ..inference.predictor import predict_manifest
-    from ..training.checkpoint import load_checkpoint
-
-    model = load_checkpoint(run_dir)
-    cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text())) if (run_dir / "config.json").is_file() else Config()
-    classes = tuple(model.classes)
-    if data or manifest:
-        df = load_manifest(data or (manifest.parent if manifest else None), manifest, classes=classes)
-    else:
-        split_file = run_dir / "split.csv"
-        if not split_file.is_file():
-            raise FileNotFoundError(f"{split_file} not found: pass --data or --manifest")
-        split = pd.read_csv(split_file, dtype={"patient_id": str})
-        df = split if part == "all" else split[split["part"] == part]
-        df = df.assign(target=[classes.index(lab) for lab in df["label"]]).reset_index(drop=True)
-    probs, kept, failures = predict_manifest(model, df, cfg.data.resolved_cache_dir())
-    metrics = metrics_with_ci(kept["target"].to_numpy(), probs, kept["patient_id"].to_numpy(), classes)
-    _print_outcome(metrics, f"{run_dir} on {'given data' if data or manifest else part + ' split'}")
-    for path, err in failures:
-        err_console.print(f"[yellow]skipped[/] {err}")
+    result = evaluate_run(run_dir, data=data, manifest=manifest, part=part)
+    _print_outcome(result.metrics, result.title)
+    _print_skipped(result.failures)
     if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2))
+        json_out.write_text(json.dumps(result.metrics, indent=2))
         console.print(f"wrote {json_out}")
 
 
@@ -101,40 +83,34 @@ def predict(
     paths: list[Path] = typer.Argument(..., help="Image files (PNG/JPEG/DICOM) or folders."),
     model_dir: Path = typer.Option(Path("runs/demo"), "--model", "-m", help="Run folder with model.safetensors + model.json."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json (default: print CSV)."),
-    runtime: str = typer.Option("torch", help="torch | onnx"),
+    runtime: str = typer.Option("torch", help=registered("runtimes")),
 ) -> None:
-    """Class probabilities for each image. Unreadable files are reported and skipped, never fatal."""
-    from ..inference.predictor import Predictor
-    from ..training.checkpoint import load_checkpoint
+    """Class probabilities for each image. Unreadable files are reported and skipped, never fatal.
 
-    if runtime == "onnx":
-        from ..serve.onnx_runtime import OnnxPredictor
+    Exit code 0 when at least one image was predicted, 1 when none was (every entry failed, or no image found).
+    """
+    from ..data.paths import IMAGE_SUFFIXES, expand_paths, is_folder
+    from ..inference.output import write_predictions
+    from ..inference.runtimes import create_predictor
 
-        predictor = OnnxPredictor.from_run_dir(model_dir)
-    else:
-        predictor = Predictor(load_checkpoint(model_dir))
+    predictor = create_predictor(model_dir, runtime)
+    empty = [p for p in paths if is_folder(p) and not expand_paths([p])]
     t = time.perf_counter()
     results = predictor.predict_paths(paths)
     elapsed = time.perf_counter() - t
-    classes = predictor.classes
-    rows = [
-        {"file": r.source, "predicted": r.predicted or "", **{f"p_{c}": (f"{r.probabilities[c]:.6f}" if r.ok else "") for c in classes},
-         "error": "" if r.ok else f"{r.error.code}: {r.error}"}
-        for r in results
-    ]
-    if out and out.suffix.lower() == ".json":
-        out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        fh = open(out, "w", newline="") if out else sys.stdout
-        writer = csv.DictWriter(fh, fieldnames=["file", "predicted", *[f"p_{c}" for c in classes], "error"])
-        writer.writeheader()
-        writer.writerows(rows)
-        if out:
-            fh.close()
+    if results:
+        write_predictions(results, predictor.classes, out)
     bad = [r for r in results if not r.ok]
     for r in bad:
         err_console.print(f"[yellow]skipped[/] {r.error}")
-    err_console.print(f"{len(results) - len(bad)} predicted, {len(bad)} skipped in {elapsed:.2f} s" + (f"; wrote {out}" if out else ""))
+    for folder in empty:
+        err_console.print(f"[yellow]skipped[/] {folder}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    done = len(results) - len(bad)
+    wrote = f"; wrote {out}" if out and results else ""
+    err_console.print(f"{done} predicted, {len(bad) + len(empty)} skipped in {elapsed:.2f} s{wrote}")
+    if done == 0:
+        err_console.print("[bold red]error:[/] no image was predicted" + ("" if results else ": no images found"))
+        raise typer.Exit(1)
 
 
 @friendly_errors

@@ -1,13 +1,30 @@
-"""Data: hardened image reading, manifests, patient-grouped splits, transforms."""
+"""Data: hardened image reading, manifests, patient-grouped splits, transforms.
 
-from .dataset import CXRDataset
-from .io import ImageReadError, ReadLimits, expand_paths, iter_images, read_image
-from .manifest import ManifestError, load_manifest
-from .splits import LeakageError, assert_no_patient_leakage, kfold_indices, train_val_split, train_val_test_split
-from .transforms import build_transform, preprocess
+Importing the package loads nothing else: the names below come from their
+submodules on first use (the torch-dependent ``dataset`` and ``transforms`` only
+when asked for).
+"""
 
-__all__ = [
-    "CXRDataset", "ImageReadError", "LeakageError", "ManifestError", "ReadLimits",
-    "assert_no_patient_leakage", "build_transform", "expand_paths", "iter_images", "kfold_indices",
-    "load_manifest", "preprocess", "read_image", "train_val_split", "train_val_test_split",
-]
+from __future__ import annotations
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "CXRDataset": "dataset",
+    "ImageReadError": "errors",
+    "ReadLimits": "errors",
+    "expand_paths": "paths",
+    "iter_images": "io",
+    "read_image": "io",
+    "ManifestError": "manifest",
+    "load_manifest": "manifest",
+    "LeakageError": "splits",
+    "assert_no_patient_leakage": "splits",
+    "kfold_indices": "splits",
+    "train_val_split": "splits",
+    "train_val_test_split": "splits",
+    "build_transform": "transforms",
+    "preprocess": "transforms",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -9,17 +9,22 @@ unless a ``patient_id`` can be taken from a ``<patient>__<name>`` file name).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from .io import IMAGE_SUFFIXES
+from ..tasks import CLASSES_3, COVID, LABELS, NORMAL, PNEUMONIA, Task
+from .duplicates import DuplicateLabelError, resolve_duplicates
+from .paths import IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "label", "patient_id")
 LABEL_ALIASES = {
-    "covid-19": "covid", "covid19": "covid", "covid": "covid", "positive": "covid",
-    "pneumonia": "pneumonia", "viral pneumonia": "pneumonia", "bacterial pneumonia": "pneumonia",
-    "normal": "normal", "no finding": "normal", "no_finding": "normal", "no-finding": "normal", "negative": "normal",
+    "covid-19": COVID, "covid19": COVID, "covid": COVID, "positive": COVID,
+    "pneumonia": PNEUMONIA, "viral pneumonia": PNEUMONIA, "bacterial pneumonia": PNEUMONIA,
+    "normal": NORMAL, "no finding": NORMAL, "no_finding": NORMAL, "no-finding": NORMAL, "negative": NORMAL,
 }
 
 
@@ -81,14 +86,24 @@ def load_manifest(
     root: str | Path,
     manifest: str | Path | None = None,
     *,
-    classes: tuple[str, ...] = ("covid", "pneumonia", "normal"),
+    classes: tuple[str, ...] = CLASSES_3,
     benchmark: str | None = None,
     check_files: bool = True,
+    duplicates: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Read a dataset and keep the rows of the task's classes.
 
-    For a binary task (``classes == ("covid", "non-covid")``) every non-covid label
-    becomes ``non-covid``. ``target`` holds the class index.
+    Labels are mapped with :meth:`cxrdx.tasks.Task.relabel`: for a binary task
+    (``classes == CLASSES_BINARY``) every non-covid label becomes ``non-covid``;
+    otherwise rows of other labels are dropped. ``target`` holds the class index.
+
+    Rows whose label is not a known label at all are dropped and reported. With
+    ``check_files`` and ``duplicates``, identical and near-identical pictures are
+    found (:mod:`cxrdx.data.duplicates`): identical rows are dropped, the patients of
+    duplicate pictures share a ``group_id`` that the splits group by, and one picture
+    with two labels is a :class:`ManifestError`. What was dropped or merged is logged
+    as a warning and listed in ``df.attrs["warnings"]``.
     """
     root = Path(root)
     if manifest is not None:
@@ -105,17 +120,36 @@ def load_manifest(
         df = df[df["benchmark"] == benchmark]
         if df.empty:
             raise ManifestError(f"no rows with benchmark == {benchmark!r}")
-    if tuple(classes) == ("covid", "non-covid"):
-        df = df.assign(label=["covid" if lab == "covid" else "non-covid" for lab in df["label"]])
-    unknown = sorted(set(df["label"]) - set(classes))
-    if unknown and tuple(classes) != ("covid", "non-covid"):
-        df = df[df["label"].isin(classes)]
+    notes: list[str] = []
+    unknown = ~df["label"].isin(set(LABELS) | set(classes))
+    if unknown.any():
+        counts = df.loc[unknown, "label"].astype(str).value_counts()
+        examples = ", ".join(f"{lab!r} ({n})" for lab, n in counts.head(5).items())
+        notes.append(f"dropped {int(unknown.sum())} row(s) with unknown labels: {examples}; known labels: {list(LABELS)}")
+        logger.warning(notes[-1])
+        df = df[~unknown]
+    relabel = Task("manifest", tuple(classes), "").relabel
+    df = df.assign(label=[relabel(lab) for lab in df["label"]])
+    df = df[df["label"].notna()]
     if df.empty:
-        raise ManifestError(f"no rows with labels {list(classes)}")
+        raise ManifestError(f"no rows with labels {list(classes)}" + (f" ({notes[0]})" if notes else ""))
     if check_files:
         missing = [p for p in df["image"] if not Path(p).is_file()]
         if missing:
             raise ManifestError(f"{len(missing)} image file(s) listed in the manifest are missing, e.g. {missing[:3]}")
+        if duplicates:
+            try:
+                df, report = resolve_duplicates(df, cache_dir=_cache_dir(cache_dir))
+            except DuplicateLabelError as exc:
+                raise ManifestError(str(exc)) from None
+            notes.extend(report.lines())
     df = df.reset_index(drop=True)
     df["target"] = [classes.index(lab) for lab in df["label"]]
+    df.attrs["warnings"] = notes
     return df
+
+
+def _cache_dir(cache_dir: str | Path | None) -> Path:
+    from ..config import default_cache_dir
+
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()

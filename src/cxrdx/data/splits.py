@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from .manifest import ManifestError
+
 
 class LeakageError(AssertionError):
     """The same patient appears in two parts of a split."""
@@ -25,10 +27,30 @@ def assert_no_patient_leakage(*parts: pd.DataFrame, column: str = "patient_id") 
             seen[pid] = i
 
 
+GROUP_COLUMN = "group_id"
+"""Set by :func:`cxrdx.data.manifest.load_manifest`: patients that share a picture share a group."""
+
+
+def _group_column(df: pd.DataFrame, group_by: str) -> str:
+    """``patient_id`` splits use the merged ``group_id`` when the manifest has one."""
+    return GROUP_COLUMN if group_by == "patient_id" and GROUP_COLUMN in df.columns else group_by
+
+
 def _groups(df: pd.DataFrame, group_by: str) -> np.ndarray:
     if group_by == "image":
         return np.arange(len(df))
-    return df[group_by].to_numpy()
+    return df[_group_column(df, group_by)].to_numpy()
+
+
+def _check_splittable(df: pd.DataFrame, n_splits: int, group_by: str) -> None:
+    """A one-line ManifestError instead of scikit-learn's traceback when there are too few patients."""
+    n_groups = len(df) if group_by == "image" else df[_group_column(df, group_by)].nunique()
+    if n_groups < n_splits:
+        unit = "image(s)" if group_by == "image" else "patient group(s)"
+        raise ManifestError(
+            f"cannot split {len(df)} image(s) of {n_groups} {unit} into {n_splits} parts: a split needs at least "
+            f"{n_splits} {unit} (a usable one needs dozens per class)"
+        )
 
 
 def kfold_indices(
@@ -39,6 +61,7 @@ def kfold_indices(
     ``group_by="image"`` gives the image-level (leaky) protocol of the literature;
     use it only to measure the leakage effect, never for a headline number.
     """
+    _check_splittable(df, n_splits, group_by)
     y = df["target"].to_numpy()
     if group_by == "image":
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -47,6 +70,7 @@ def kfold_indices(
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for train_idx, test_idx in splitter.split(np.zeros(len(df)), y, groups=_groups(df, group_by)):
         assert_no_patient_leakage(df.iloc[train_idx], df.iloc[test_idx], column=group_by)
+        assert_no_patient_leakage(df.iloc[train_idx], df.iloc[test_idx], column=_group_column(df, group_by))
         yield train_idx, test_idx
 
 
@@ -67,6 +91,7 @@ def train_val_test_split(
     train = rest.iloc[tr_idx].reset_index(drop=True)
     val = rest.iloc[va_idx].reset_index(drop=True)
     assert_no_patient_leakage(train, val, test)
+    assert_no_patient_leakage(train, val, test, column=_group_column(df, "patient_id"))
     return train, val, test
 
 
@@ -74,4 +99,5 @@ def train_val_split(df: pd.DataFrame, val_fraction: float = 0.15, seed: int = 42
     tr_idx, va_idx = _holdout(df, val_fraction, seed)
     train, val = df.iloc[tr_idx].reset_index(drop=True), df.iloc[va_idx].reset_index(drop=True)
     assert_no_patient_leakage(train, val)
+    assert_no_patient_leakage(train, val, column=_group_column(df, "patient_id"))
     return train, val

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.manifest import ManifestError, load_manifest
+from ..data.manifest import load_manifest
+from ..registry import Registry
+from ..tasks import get_task, task_classes
+
+__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkTask", "get_benchmark", "task_classes", "task_manifest"]
 
 
 @dataclass(frozen=True)
@@ -36,41 +40,27 @@ class Benchmark:
     tasks: tuple[BenchmarkTask, ...]
 
 
-BENCHMARKS = {
-    "darkcovidnet": Benchmark(
-        "darkcovidnet",
-        "Ozturk T. et al., Automated detection of COVID-19 cases using deep neural networks with X-ray images, "
-        "Comput. Biol. Med. 121:103792 (2020)",
-        5,
-        (
-            BenchmarkTask("3class", ("covid", "pneumonia", "normal"), 0.8702,
-                          "5-fold CV, image-level folds", "covid vs pneumonia vs no-finding (1,124 images)", 0.92, 0.95),
-            BenchmarkTask("covid-vs-normal", ("covid", "normal"), 0.9808,
-                          "5-fold CV, image-level folds", "covid vs no-finding, pneumonia rows dropped (624 images)", 0.99),
-        ),
+BENCHMARKS: Registry[Benchmark] = Registry("benchmarks", describe=lambda b: b.citation)
+
+BENCHMARKS.register("darkcovidnet", Benchmark(
+    "darkcovidnet",
+    "Ozturk T. et al., Automated detection of COVID-19 cases using deep neural networks with X-ray images, "
+    "Comput. Biol. Med. 121:103792 (2020)",
+    5,
+    (
+        BenchmarkTask("3class", task_classes("3class"), 0.8702,
+                      "5-fold CV, image-level folds", "covid vs pneumonia vs no-finding (1,124 images)", 0.92, 0.95),
+        BenchmarkTask("covid-vs-normal", task_classes("covid-vs-normal"), 0.9808,
+                      "5-fold CV, image-level folds", "covid vs no-finding, pneumonia rows dropped (624 images)", 0.99),
     ),
-}
-
-
-class UnknownBenchmarkError(ManifestError):
-    pass
+))
 
 
 def get_benchmark(name: str) -> Benchmark:
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise UnknownBenchmarkError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}") from None
-
-
-def task_classes(task: str) -> tuple[str, ...]:
-    """Classes of a task name: ``3class``, ``binary`` (covid vs non-covid) or ``covid-vs-normal``."""
-    return {"3class": ("covid", "pneumonia", "normal"), "binary": ("covid", "non-covid"),
-            "covid-vs-normal": ("covid", "normal")}[task]
+    """A registered benchmark; unknown names raise :class:`cxrdx.registry.UnknownNameError`."""
+    return BENCHMARKS.get(name)
 
 
 def task_manifest(root: str | Path, task: str, manifest: str | Path | None = None, benchmark: str | None = None) -> pd.DataFrame:
     """Rows of ``task`` (``covid-vs-normal`` drops every other label), optionally only a benchmark's rows."""
-    if task not in ("3class", "binary", "covid-vs-normal"):
-        raise UnknownBenchmarkError(f"unknown task {task!r}; choose 3class, binary or covid-vs-normal")
-    return load_manifest(root, manifest, classes=task_classes(task), benchmark=benchmark)
+    return load_manifest(root, manifest, classes=get_task(task).classes, benchmark=benchmark)

@@ -18,9 +18,12 @@ import pandas as pd
 from ..config import Config
 from ..models.weights import WeightsUnavailableError
 from .benchmark import get_benchmark, task_classes, task_manifest
-from .confounding import BLACKOUT_VARIANT, blackout_fn, chance_levels, region_kinds, shortcut_verdict
-from .cv import CVRun, Candidate, average_runs, fold_plan, run_cv
+from .confounding import (BLACKOUT_VARIANT, BORDER_FRACTION, BORDER_VARIANT, blackout_fn, border_only_fn, chance_levels,
+                          region_kinds, shortcut_verdict)
+from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv
 from .feature_maps import aligned, feature_maps
+from .loso import loso_section, source_plan
+from .results import CVSummary
 from .summary import summarise
 
 ENSEMBLE_TOP = 3
@@ -36,7 +39,11 @@ class GridRequest:
     image_level: bool = False
     """Also run the top model with image-level (leaky) folds, to show the leakage effect."""
     blackout: bool = True
+    border: bool = True
+    """Border-only shortcut control: only a frame of ``BORDER_FRACTION`` of the image side is kept."""
     ensemble_top: int = 0
+    by: str = "patient"
+    """``patient``: random patient-grouped folds; ``source``: also leave-one-source-out, shown first."""
     command: str = "compare"
 
 
@@ -46,33 +53,27 @@ class TaskResult:
     runs: dict[str, CVRun] = field(default_factory=dict)
 
 
-def _ci(metrics: dict, *path: str):
-    node = metrics.get("ci", {})
-    for p in path:
-        node = node.get(p, {}) if isinstance(node, dict) else {}
-    return node if isinstance(node, list) else None
+def _columns(**metrics) -> dict:
+    """``name`` and ``name_ci`` columns of :class:`MetricWithCI` values."""
+    out = {}
+    for name, m in metrics.items():
+        out[name], out[f"{name}_ci"] = m.value, m.ci
+    return out
 
 
-def table_row(summary: dict) -> dict:
+def table_row(summary: CVSummary) -> dict:
     """The comparison-table columns of one model's summary."""
-    m = summary["pooled"]
-    covid = m["per_class"].get("covid", {})
+    m = summary.pooled
     return {
-        "name": summary["model"]["name"], "description": summary["model"]["description"], "status": "ok",
-        "accuracy": m["accuracy"], "accuracy_ci": _ci(m, "accuracy"),
-        "macro_f1": m["macro"]["f1"], "macro_f1_ci": _ci(m, "macro", "f1"),
-        "covid_sensitivity": covid.get("sensitivity"), "covid_sensitivity_ci": _ci(m, "per_class", "covid", "sensitivity"),
-        "covid_specificity": covid.get("specificity"), "covid_specificity_ci": _ci(m, "per_class", "covid", "specificity"),
-        "macro_auc": m["macro"]["auc"], "macro_auc_ci": _ci(m, "macro", "auc"),
-        "ece": summary["calibration"]["raw"]["ece"], "val_macro_f1": summary["mean_val_macro_f1"],
-        "val_log_loss": summary.get("mean_val_log_loss"),
-        "seconds": summary["seconds"],
+        "name": summary.name, "description": summary.model["description"], "status": "ok",
+        **_columns(accuracy=m.accuracy, macro_f1=m.macro("f1"), covid_sensitivity=m.per_class("covid", "sensitivity"),
+                   covid_specificity=m.per_class("covid", "specificity"), macro_auc=m.macro("auc")),
+        "ece": summary.ece, "val_macro_f1": summary.mean_val_macro_f1, "val_log_loss": summary.mean_val_log_loss,
+        "seconds": summary.seconds,
     }
 
 
-def _rank_key(run: CVRun) -> tuple[float, float]:
-    """Higher mean validation macro-F1 first; ties broken by lower validation log-loss."""
-    return (-round(run.mean_val_f1, 4), run.mean_val_log_loss)
+_rank_key = rank_key  # model choice from validation only (cv.rank_key)
 
 
 def _skipped_row(name: str, description: str, reason: str) -> dict:
@@ -84,10 +85,29 @@ def _finetune_cfg(cfg: Config) -> Config | None:
     return cfg if cfg.train.finetune_blocks > 0 else None
 
 
-def _blackout_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, progress: bool) -> np.ndarray:
-    root = cfg.data.resolved_root()
-    maps, kept = feature_maps(manifest, cfg.data.resolved_cache_dir(), backbone=backbone, weights=cfg.model.weights,
-                              image_size=cfg.data.image_size, variant=BLACKOUT_VARIANT, image_fn=blackout_fn(root), progress=progress)
+def config_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, *, variant: str = "plain", image_fn=None,
+                image_size: int | None = None, progress: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
+    """The one place this module gets features: ``cfg``'s data settings (size, weights; ROI once it lands)."""
+    return feature_maps(manifest, cfg.data.resolved_cache_dir(), backbone=backbone, weights=cfg.model.weights,
+                        image_size=image_size or cfg.data.image_size, variant=variant, image_fn=image_fn, progress=progress)
+
+
+def roi_of(cfg: Config) -> str:
+    """The region-of-interest setting the features were made with (``full`` until ``data.roi`` exists)."""
+    return str(getattr(cfg.data, "roi", "full"))
+
+
+CONTROLS = {
+    "lungs_blacked_out": (BLACKOUT_VARIANT, blackout_fn, "Trained and tested with the lungs blacked out,"),
+    "border_only": (BORDER_VARIANT, border_only_fn,
+                    f"Trained and tested on the image border only (a {BORDER_FRACTION:.0%} frame, the inside greyed out),"),
+}
+"""Shortcut controls: extra feature set name -> (cache variant, image_fn factory, verdict wording)."""
+
+
+def _control_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, name: str, progress: bool) -> np.ndarray:
+    variant, make_fn, _ = CONTROLS[name]
+    maps, kept = config_maps(cfg, manifest, backbone, variant=variant, image_fn=make_fn(cfg.data.resolved_root()), progress=progress)
     return aligned(maps, kept, manifest)
 
 
@@ -95,14 +115,14 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
     ev = cfg.evaluation
     root = cfg.data.resolved_root()
     manifest = task_manifest(root, task, cfg.data.manifest, req.benchmark)
-    cache = cfg.data.resolved_cache_dir()
     result = TaskResult()
     extras_note = None
     retrain_input = None
+    loso_runs: dict[str, CVRun] = {}
+    loso_plan = None
     for backbone in req.backbones:
         try:
-            maps, kept = feature_maps(manifest, cache, backbone=backbone, weights=cfg.model.weights,
-                                      image_size=cfg.data.image_size, progress=progress)
+            maps, kept = config_maps(cfg, manifest, backbone, progress=progress)
         except WeightsUnavailableError as exc:
             log(f"[yellow]skipped[/] {backbone}: weights unavailable offline")
             result.rows.append(_skipped_row(f"{backbone} + {', '.join(req.models)}",
@@ -112,10 +132,15 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         maps = aligned(maps, kept, rows)
         plan = fold_plan(rows, ev.folds, ev.fold_seed, ev.val_fraction)
         extra = {}
+        for name, wanted in (("lungs_blacked_out", req.blackout), ("border_only", req.border)):
+            if wanted:
+                extra[name] = _control_maps(cfg, rows, backbone, name, progress)
         if req.blackout:
-            extra["lungs_blacked_out"] = _blackout_maps(cfg, rows, backbone, progress)
             extras_note = region_kinds(rows, root)
-            retrain_input = retrain_input or (backbone, rows, plan, extra["lungs_blacked_out"])
+        if extra:
+            retrain_input = retrain_input or (backbone, rows, plan, extra)
+        if req.by == "source":
+            loso_plan = source_plan(rows, ev.min_source_images, ev.fold_seed, ev.val_fraction)
         for model in req.models:
             cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size, finetune_blocks=cfg.train.finetune_blocks)
             run = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
@@ -123,8 +148,15 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
             summary, _ = summarise(run, ev, full=False)
             result.runs[cand.name] = run
             result.rows.append(table_row(summary))
-            log(f"{cand.name}: accuracy {summary['pooled']['accuracy']:.3f}, macro-F1 {summary['pooled']['macro']['f1']:.3f} "
+            log(f"{cand.name}: accuracy {summary.pooled.accuracy.value:.3f}, macro-F1 {summary.pooled.macro('f1').value:.3f} "
                 f"(val {run.mean_val_f1:.3f}) in {run.seconds:.0f} s")
+            if loso_plan is not None:
+                loso = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
+                              plan=loso_plan.folds, finetune_cfg=_finetune_cfg(cfg), progress=progress)
+                loso_runs[cand.name] = loso
+                log(f"{cand.name} leave-one-source-out: " + ", ".join(
+                    f"{s} {np.mean(f.test_probs.argmax(1) == rows['target'].to_numpy()[f.test_idx]):.3f}"
+                    for s, f in zip(loso_plan.sources, loso.folds)) + f" (val {loso.mean_val_f1:.3f}) in {loso.seconds:.0f} s")
     if not result.runs:
         raise WeightsUnavailableError("no backbone of the grid has weights available offline")
     ok_runs = sorted(result.runs.values(), key=_rank_key)
@@ -135,7 +167,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         summary, _ = summarise(ens, ev, full=False)
         result.runs[ens.candidate.name] = ens
         result.rows.append(table_row(summary))
-        log(f"{ens.candidate.name}: accuracy {summary['pooled']['accuracy']:.3f} (val {ens.mean_val_f1:.3f})")
+        log(f"{ens.candidate.name}: accuracy {summary.pooled.accuracy.value:.3f} (val {ens.mean_val_f1:.3f})")
     ranked = sorted([r for r in result.rows if r["status"] == "ok"], key=lambda r: _rank_key(result.runs[r["name"]]))
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
@@ -148,15 +180,21 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         "ranked_by": "mean inner-validation macro-F1 over folds, ties by validation log-loss (test folds never used to rank)",
         "best": best, "blackout_regions": extras_note,
     }
+    if loso_runs:
+        same = {n: r for n, r in loso_runs.items() if r.manifest["image"].equals(loso_plan_rows(loso_runs))}
+        out["loso"] = loso_section(same, result.runs, loso_plan, ev, roi=roi_of(cfg), ensemble_top=req.ensemble_top)
     if req.image_level:
         out["image_level"] = _image_level(best_run, result.runs, cfg, progress)
     if retrain_input is not None:
-        out["trained_without_lungs"] = _trained_without_lungs(cfg, task_classes(task), *retrain_input, progress=progress)
+        backbone, rows, plan, extra = retrain_input
+        for name, maps in extra.items():
+            key = "trained_without_lungs" if name == "lungs_blacked_out" else f"trained_on_{name}"
+            out[key] = _trained_on_control(cfg, task_classes(task), backbone, rows, plan, maps, name, progress=progress)
     out["_predictions"] = predictions
     return out
 
 
-def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: bool) -> dict:
+def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: bool) -> CVSummary:
     """The same model with image-level (leaky) folds: what the literature's protocol would report for it."""
     ev = cfg.evaluation
     rows = best.manifest
@@ -165,8 +203,7 @@ def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: boo
     leaky = []
     for member in members:
         cand = member.candidate
-        maps, kept = feature_maps(rows, cfg.data.resolved_cache_dir(), backbone=cand.backbone, weights=cfg.model.weights,
-                                  image_size=cand.image_size, progress=progress)
+        maps, kept = config_maps(cfg, rows, cand.backbone, image_size=cand.image_size, progress=progress)
         leaky.append(run_cv(aligned(maps, kept, rows), rows, best.classes, cand, ev, model_cfg=cfg.model,
                             train_cfg=cfg.train, group_by="image", plan=plan,
                             finetune_cfg=_finetune_cfg(cfg) if cand.variant.startswith("finetune") else None, progress=progress))
@@ -176,21 +213,28 @@ def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: boo
     run.group_by = "image"
     summary, _ = summarise(run, ev, full=False)
     shared = [len(set(rows["patient_id"].iloc[f.test_idx]) & set(rows["patient_id"].iloc[f.train_idx])) for f in run.folds]
-    summary["patients_in_train_and_test_per_fold"] = shared
+    summary.extra["patients_in_train_and_test_per_fold"] = shared
     return summary
 
 
-def _trained_without_lungs(cfg: Config, classes: tuple[str, ...], backbone: str, rows: pd.DataFrame, plan, maps: np.ndarray, *, progress: bool) -> dict:
-    """Stronger shortcut control: a logistic regression *trained and tested* on lung-blacked-out images."""
-    cand = Candidate.parse("logreg", backbone, variant=BLACKOUT_VARIANT, image_size=cfg.data.image_size)
+def loso_plan_rows(runs: dict[str, CVRun]) -> pd.Series:
+    """Image column of the first LOSO run (all runs of one plan share it)."""
+    return next(iter(runs.values())).manifest["image"]
+
+
+def _trained_on_control(cfg: Config, classes: tuple[str, ...], backbone: str, rows: pd.DataFrame, plan, maps: np.ndarray,
+                        control: str, *, progress: bool) -> dict:
+    """Stronger shortcut control: a logistic regression *trained and tested* on the control images
+    (lungs blacked out, or the border only)."""
+    variant, _, setting = CONTROLS[control]
+    cand = Candidate.parse("logreg", backbone, variant=variant, image_size=cfg.data.image_size)
     run = run_cv(maps, rows, classes, cand, cfg.evaluation, plan=plan, progress=progress)
     summary, _ = summarise(run, cfg.evaluation, full=False)
-    m = summary["pooled"]
+    m = summary.pooled
     chance = chance_levels(rows["target"].to_numpy(), len(run.classes))
-    verdict = shortcut_verdict(m["accuracy"], _ci(m, "accuracy"), chance["majority"],
-                               setting="Trained and tested with the lungs blacked out,")
-    return {"model": cand.name, "accuracy": m["accuracy"], "accuracy_ci": _ci(m, "accuracy"),
-            "macro_f1": m["macro"]["f1"], "confusion_matrix": m["confusion_matrix"], "chance": chance, "verdict": verdict}
+    verdict = shortcut_verdict(m.accuracy.value, m.accuracy.ci, chance["majority"], setting=setting)
+    return {"model": cand.name, "control": control, **_columns(accuracy=m.accuracy), "macro_f1": m.macro("f1").value,
+            "confusion_matrix": m.confusion_matrix, "chance": chance, "verdict": verdict}
 
 
 def benchmark_table(bench_name: str, tasks: dict[str, dict]) -> dict:
@@ -201,24 +245,22 @@ def benchmark_table(bench_name: str, tasks: dict[str, dict]) -> dict:
         res = tasks.get(t.name)
         if res is None:
             continue
-        best = res["best"]["pooled"]
-        leaky = res.get("image_level", {}).get("pooled") if res.get("image_level") else None
-        covid = best["per_class"].get("covid", {})
+        best: CVSummary = res["best"]
+        leaky = res["image_level"].pooled if res.get("image_level") else None
+        accuracy, sensitivity = best.pooled.accuracy, best.pooled.per_class("covid", "sensitivity")
         row = {
-            "task": t.name, "description": t.description, "model": res["best"]["model"]["name"],
+            "task": t.name, "description": t.description, "model": best.name,
             "published_accuracy": t.published_accuracy, "published_protocol": t.published_protocol,
-            "patient_accuracy": best["accuracy"], "patient_accuracy_ci": _ci(best, "accuracy"),
-            "patient_covid_sensitivity": covid.get("sensitivity"),
-            "patient_covid_sensitivity_ci": _ci(best, "per_class", "covid", "sensitivity"),
-            "image_level_accuracy": leaky["accuracy"] if leaky else None,
-            "image_level_accuracy_ci": _ci(leaky, "accuracy") if leaky else None,
-            "image_level_covid_sensitivity": leaky["per_class"]["covid"]["sensitivity"] if leaky else None,
+            **_columns(patient_accuracy=accuracy, patient_covid_sensitivity=sensitivity),
+            "image_level_accuracy": leaky.accuracy.value if leaky else None,
+            "image_level_accuracy_ci": leaky.accuracy.ci if leaky else None,
+            "image_level_covid_sensitivity": leaky.per_class("covid", "sensitivity").value if leaky else None,
             "target_accuracy": t.target_accuracy, "target_covid_sensitivity": t.target_covid_sensitivity,
         }
         row["leakage_effect"] = (row["image_level_accuracy"] - row["patient_accuracy"]) if leaky else None
-        reached = t.target_accuracy is None or best["accuracy"] >= t.target_accuracy
+        reached = t.target_accuracy is None or accuracy.value >= t.target_accuracy
         if t.target_covid_sensitivity is not None:
-            reached = reached and (covid.get("sensitivity") or 0) >= t.target_covid_sensitivity
+            reached = reached and (sensitivity.value or 0) >= t.target_covid_sensitivity
         row["target_reached"] = bool(reached)
         rows.append(row)
     return {"name": bench.name, "citation": bench.citation, "folds": bench.folds, "rows": rows}
@@ -251,6 +293,8 @@ def run_grid(cfg: Config, req: GridRequest, out_dir: str | Path, *, progress: bo
 
 
 def _json_default(obj):
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):

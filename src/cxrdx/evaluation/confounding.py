@@ -21,6 +21,17 @@ BLACKOUT_VARIANT = "nolung-v1"
 """Feature-cache variant of the lung-blacked-out images (mask where present, else the central box)."""
 CENTRAL_BOX = (0.15, 0.85, 0.15, 0.85)
 """Fallback lung region without a mask: rows 15-85 %, columns 15-85 % of the image."""
+BORDER_VARIANT = "border12-v1"
+"""Feature-cache variant of the border-only images (:func:`border_only_fn`)."""
+BORDER_FRACTION = 0.12
+"""Border-only control: the frame kept is this share of the image height (top, bottom) and width (sides)."""
+BORDER_GREY = 128
+"""Grey value everything inside the frame is set to."""
+SCORED_SETTINGS = {
+    "lungs_blacked_out": "With the lungs blacked out",
+    "border_only": f"With only the image border kept (a {BORDER_FRACTION:.0%} frame)",
+}
+"""Verdict wording when the same fold models score an extra feature set."""
 FAR_ABOVE_CHANCE = 0.10
 """Blacked-out accuracy whose CI lower bound beats chance by more than this is reported as a shortcut."""
 
@@ -49,6 +60,24 @@ def blackout_fn(data_root: str | Path):
         out = grey.copy()
         out[lung_region(grey.shape, mask_path)] = 0
         return out
+
+    return fn
+
+
+def border_only(grey: np.ndarray, fraction: float = BORDER_FRACTION) -> np.ndarray:
+    """Keep only a frame of ``fraction`` of the image side at each border; grey out everything inside it."""
+    h, w = grey.shape[:2]
+    dy, dx = max(1, int(round(fraction * h))), max(1, int(round(fraction * w)))
+    out = grey.copy()
+    out[dy : h - dy, dx : w - dx] = BORDER_GREY
+    return out
+
+
+def border_only_fn(data_root: str | Path | None = None):
+    """An ``image_fn`` for :func:`cxrdx.features.cache.extract_features`: the border-only control image."""
+
+    def fn(grey: np.ndarray, row: pd.Series) -> np.ndarray:
+        return border_only(grey)
 
     return fn
 
@@ -88,9 +117,11 @@ def chance_levels(y: np.ndarray, n_classes: int) -> dict[str, float]:
 
 def shortcut_verdict(accuracy: float, ci: list | None, chance: float, with_lungs: float | None = None,
                      setting: str = "With the lungs blacked out") -> dict:
-    """Plain-words verdict: is accuracy without lungs far above chance (CI lower bound > chance + margin)?"""
+    """Plain-words verdict: is accuracy without lungs far above chance (CI lower bound > chance + margin)?
+    ``within_ci_of_chance``: does the CI reach down to chance (the control "falls to chance")?"""
     low = ci[0] if ci and ci[0] is not None else accuracy
     far = low - chance > FAR_ABOVE_CHANCE
+    within = low <= chance
     ref = f"chance {chance:.3f}" + (f"; {with_lungs:.3f} with lungs" if with_lungs is not None else "")
     if far:
         text = (f"{setting} the model still scores accuracy {accuracy:.3f} (95% CI lower bound {low:.3f}), far above "
@@ -99,4 +130,6 @@ def shortcut_verdict(accuracy: float, ci: list | None, chance: float, with_lungs
     else:
         text = (f"{setting} accuracy is {accuracy:.3f} ({ref}): not far above chance, "
                 "so no strong sign of a shortcut outside the lungs in this control.")
-    return {"far_above_chance": bool(far), "margin": FAR_ABOVE_CHANCE, "text": text}
+    text += (" It falls to chance within its CI." if within else
+             f" It does not fall to chance within its CI (lower bound {low:.3f} > {chance:.3f}).")
+    return {"far_above_chance": bool(far), "within_ci_of_chance": bool(within), "margin": FAR_ABOVE_CHANCE, "text": text}

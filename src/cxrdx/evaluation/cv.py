@@ -20,12 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, log_loss
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 
 from ..config import Config, ConfigError, EvalConfig, ModelConfig, TrainConfig
 from ..data.io import ReadLimits
@@ -33,16 +28,11 @@ from ..data.splits import assert_no_patient_leakage, kfold_indices
 from ..inference.predictor import Predictor
 from ..models.factory import create_model
 from ..models.heads import HEADS, create_head
+from ..models.outputs import predict_proba
 from ..progress import progress_bar
 from ..training.finetune import finetune
-from ..training.head_trainer import predict_proba, train_head
-
-BASELINES = {
-    "svm": "SVM (RBF, scikit-learn) on pooled CNN features",
-    "logreg": "logistic regression (scikit-learn) on pooled CNN features",
-}
-LOGREG_C_GRID = (0.01, 0.1, 1.0)
-"""Inverse regularisation strengths tried for logistic regression; chosen on each fold's validation part."""
+from ..training.head_trainer import train_head
+from .baselines import BASELINES
 
 
 @dataclass(frozen=True)
@@ -65,7 +55,7 @@ class Candidate:
         if model in BASELINES:
             return cls(f"{backbone}+{model}", model, backbone, None, variant, image_size)
         if model not in HEADS:
-            raise ConfigError(f"unknown model {model!r}; choose a head {sorted(HEADS)} or a baseline {sorted(BASELINES)}")
+            raise ConfigError(f"unknown model {model!r}; choose a head {sorted(HEADS.names())} or a baseline {sorted(BASELINES.names())}")
         if finetune_blocks > 0:
             return cls(f"{backbone}+{model}+ft{finetune_blocks}", "head", backbone, model, f"finetune{finetune_blocks}", image_size)
         return cls(f"{backbone}+{model}", "head", backbone, model, variant, image_size)
@@ -74,7 +64,7 @@ class Candidate:
     def description(self) -> str:
         if self.kind == "ensemble":
             return f"{self.backbone}: mean probabilities of {self.name}"
-        what = BASELINES.get(self.kind) or HEADS[self.head].description
+        what = BASELINES.describe(self.kind) if self.kind in BASELINES else HEADS.describe(self.head)
         size = f", {self.image_size}px" if self.image_size != 224 else ""
         if self.variant.startswith("finetune"):
             variant = f", last {self.variant.removeprefix('finetune')} backbone blocks fine-tuned per fold"
@@ -117,6 +107,11 @@ class CVRun:
         y = self.manifest["target"].to_numpy()
         labels = list(range(len(self.classes)))
         return float(np.mean([log_loss(y[f.val_idx], np.clip(f.val_probs, 1e-7, 1), labels=labels) for f in self.folds]))
+
+
+def rank_key(run: CVRun) -> tuple[float, float]:
+    """Model choice from validation only: higher mean validation macro-F1 first; ties by lower validation log-loss."""
+    return (-round(run.mean_val_f1, 4), run.mean_val_log_loss)
 
 
 def fold_plan(df: pd.DataFrame, n_folds: int, seed: int, val_fraction: float, group_by: str = "patient_id"):
@@ -180,18 +175,11 @@ def _fit_finetuned(cand, maps, y, train, val, test, classes, cfg: Config, rows: 
     return _image_probs(model, rows.iloc[val], limits), [_image_probs(model, rows.iloc[test], limits)], info
 
 
-def _sk_model(kind: str, c: float, seed: int):
-    if kind == "svm":
-        svc = SVC(C=c, kernel="rbf", class_weight="balanced", random_state=seed)
-        return make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, ensemble=False))  # Platt-scaled probabilities
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, class_weight="balanced"))
-
-
 def _fit_sklearn(cand, pooled, y, train, val, evals, n_cls, seed: int):
-    grid = LOGREG_C_GRID if cand.kind == "logreg" else (1.0,)
+    baseline = BASELINES.get(cand.kind)
     best = None
-    for c in grid:  # regularisation chosen on the validation part only
-        model = _sk_model(cand.kind, c, seed).fit(pooled[train], y[train])
+    for c in baseline.c_grid:  # regularisation chosen on the validation part only
+        model = baseline.make(c, seed).fit(pooled[train], y[train])
         val_probs = model.predict_proba(pooled[val])
         score = _macro_f1(y[val], val_probs, n_cls)
         if best is None or score > best[0]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from .metrics import binary_view
+from ..stats.metrics import binary_view
 
 
 def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, target: float = 0.95) -> dict:

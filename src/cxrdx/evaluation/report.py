@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from .bootstrap import metrics_with_ci
+from ..stats.bootstrap import metrics_with_ci
 from .calibration import reliability
 from .plots import benchmark_png, confusion_png, data_uri, reliability_png, roc_png
+from .results import CVSummary, MetricWithCI, headline
 from .summary import roc_curves
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
-SECTIONS = ("metrics", "confusion", "roc", "reliability", "operating-point", "comparison", "benchmark", "confounding", "explain")
+SECTIONS = ("unseen-hospitals", "metrics", "confusion", "roc", "reliability", "operating-point", "comparison", "benchmark", "confounding", "explain")
 
 
 class ReportError(FileNotFoundError):
@@ -125,19 +126,20 @@ def load_report_data(run_dir: str | Path, n_boot: int = 1000) -> dict:
 def _figures(data: dict) -> dict:
     figs: dict = {"tasks": {}}
     for task, res in data["tasks"].items():
-        best = res["best"]
-        pooled = best["pooled"]
-        cal = {"raw": best["calibration"]["raw"]}
-        if "temperature_scaled" in best["calibration"]:
-            cal["temperature-scaled"] = best["calibration"]["temperature_scaled"]
+        best = CVSummary.from_dict(res["best"])
+        pooled = best.pooled
+        cal = {"raw": best.calibration["raw"]}
+        if "temperature_scaled" in best.calibration:
+            cal["temperature-scaled"] = best.calibration["temperature_scaled"]
+        aucs = {c: pooled.per_class(c, "auc").value for c in pooled.class_names}
         f = {
-            "confusion": data_uri(confusion_png(pooled["confusion_matrix"], best["classes"], f"{task}: confusion (rows true)")),
-            "roc": data_uri(roc_png(best.get("roc", {}), {c: v["auc"] for c, v in pooled["per_class"].items()}, f"{task}: ROC, one-vs-rest")),
+            "confusion": data_uri(confusion_png(pooled.confusion_matrix, best.classes, f"{task}: confusion (rows true)")),
+            "roc": data_uri(roc_png(best.roc or {}, aucs, f"{task}: ROC, one-vs-rest")),
             "reliability": data_uri(reliability_png(cal, f"{task}: reliability diagram")),
         }
-        image_level = res.get("image_level")
-        if image_level:
-            f["confusion_leaky"] = data_uri(confusion_png(image_level["pooled"]["confusion_matrix"], best["classes"], f"{task}: image-level (LEAKY)"))
+        if res.get("image_level"):
+            leaky = CVSummary.from_dict(res["image_level"]).pooled
+            f["confusion_leaky"] = data_uri(confusion_png(leaky.confusion_matrix, best.classes, f"{task}: image-level (LEAKY)"))
         figs["tasks"][task] = f
     if data.get("benchmark") and data["benchmark"].get("rows"):
         figs["benchmark"] = data_uri(benchmark_png(data["benchmark"]["rows"]))
@@ -153,23 +155,19 @@ def _missing_notes(data: dict) -> list[str]:
         notes.append("benchmark: not in this run; run `cxrdx compare --benchmark darkcovidnet` (or `cxrdx cv --benchmark darkcovidnet`)")
     if not any(r["best"].get("shortcut") for r in data["tasks"].values()):
         notes.append("confounding: the lungs-blacked-out control is not in this run; `cxrdx cv` / `compare` run it unless given --no-blackout")
+    if not any(r.get("loso") for r in data["tasks"].values()):
+        notes.append("unseen hospitals: not in this run; run `cxrdx compare --by source` (or `cxrdx cv --by source`) "
+                     "for leave-one-source-out numbers beside the random split")
     if not data.get("explain"):
         notes.append(f"explain: run `cxrdx explain --score --run {run}` to add where the model looks")
     return notes
 
 
-def _fmt(value, ci=None) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    text = f"{value:.3f}"
-    if ci and ci[0] is not None:
-        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return text
-
-
 def render_html(data: dict, figures: dict, notes: list[str]) -> str:
     env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")), autoescape=select_autoescape(["html", "j2"]))
-    env.filters["fmt"] = lambda v, ci=None: _fmt(v, ci)
+    env.filters["fmt"] = lambda v, ci=None: MetricWithCI(v, ci).text()
+    env.filters["fmtu"] = lambda v, ci=None: MetricWithCI(v, ci if isinstance(ci, list) else None).text(missing="undefined")
+    env.globals["headline"] = headline
     return env.get_template("report.html.j2").render(data=data, figures=figures, notes=notes, sections=SECTIONS)
 
 

@@ -10,12 +10,13 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from ..config import EvalConfig
-from .bootstrap import light_metric_fn, metrics_with_ci, patient_bootstrap
+from ..stats.bootstrap import light_metric_fn, metrics_with_ci, patient_bootstrap
+from ..stats.metrics import binary_view, compute_metrics
 from .calibration import apply_temperature, fit_temperature, reliability
-from .confounding import chance_levels, per_source, shortcut_verdict
+from .confounding import SCORED_SETTINGS, chance_levels, per_source, shortcut_verdict
 from .cv import CVRun
-from .metrics import binary_view, compute_metrics
 from .operating_point import threshold_for_sensitivity
+from .results import CVSummary, PooledMetrics
 
 ROC_POINTS = 200
 
@@ -95,8 +96,8 @@ def _fold_row(run: CVRun, f, probs_test: np.ndarray) -> dict:
     return row
 
 
-def summarise(run: CVRun, ev: EvalConfig, *, full: bool = True) -> tuple[dict, pd.DataFrame]:
-    """JSON-ready results of ``run`` and its out-of-fold prediction table.
+def summarise(run: CVRun, ev: EvalConfig, *, full: bool = True) -> tuple[CVSummary, pd.DataFrame]:
+    """Results of ``run`` (``.to_dict()`` is JSON-ready) and its out-of-fold prediction table.
 
     ``full=False`` (comparison grids) bootstraps only the table columns.
     """
@@ -106,26 +107,19 @@ def summarise(run: CVRun, ev: EvalConfig, *, full: bool = True) -> tuple[dict, p
     raw, extra_raw, fold_of, _ = oof_predictions(run, temperature=False)
     probs, extra, _, temps = oof_predictions(run, temperature=ev.temperature) if ev.temperature else (raw, extra_raw, fold_of, [None] * len(run.folds))
     boot = dict(n_boot=ev.bootstrap, level=ev.ci_level, seed=ev.seed)
-    if full:
-        metrics = metrics_with_ci(y, probs, patients, classes, **boot)
-    else:
-        metrics = compute_metrics(y, probs, classes)
-        from .bootstrap import unflatten
-
-        metrics["ci"] = unflatten(patient_bootstrap(y, probs, patients, light_metric_fn(classes), **boot))
-        metrics["ci_method"] = {"resamples": ev.bootstrap, "level": ev.ci_level, "unit": "patient", "seed": ev.seed}
+    metrics = metrics_with_ci(y, probs, patients, classes, light=not full, **boot)
     calib = {"raw": reliability(y, raw, ev.ece_bins)}
     if ev.temperature:
         calib["temperature_scaled"] = reliability(y, probs, ev.ece_bins)
         calib["temperatures"] = temps
     if full:
         calib["ece_ci"] = patient_bootstrap(y, probs, patients, lambda a, b: {"ece": reliability(a, b, ev.ece_bins)["ece"]}, **boot)["ece"]
-    out = {
-        "model": {"name": run.candidate.name, "kind": run.candidate.kind, "backbone": run.candidate.backbone,
-                  "head": run.candidate.head, "variant": run.candidate.variant, "image_size": run.candidate.image_size,
-                  "description": run.candidate.description},
-        "classes": list(classes),
-        "protocol": {
+    cand = run.candidate
+    summary = CVSummary(
+        model={"name": cand.name, "kind": cand.kind, "backbone": cand.backbone, "head": cand.head, "variant": cand.variant,
+               "image_size": cand.image_size, "description": cand.description},
+        classes=list(classes),
+        protocol={
             "folds": len(run.folds), "group_by": run.group_by,
             "leaky": run.group_by != "patient_id",
             "label": ("patient-level (no patient in train and test)" if run.group_by == "patient_id"
@@ -134,30 +128,36 @@ def summarise(run: CVRun, ev: EvalConfig, *, full: bool = True) -> tuple[dict, p
             "n_images": int(len(y)), "n_patients": int(len(np.unique(patients.astype(str)))),
             "class_counts": {c: int((y == k).sum()) for k, c in enumerate(classes)},
         },
-        "pooled": metrics,
-        "per_fold": [_fold_row(run, f, probs[f.test_idx]) for f in run.folds],
-        "mean_val_macro_f1": run.mean_val_f1,
-        "mean_val_log_loss": run.mean_val_log_loss,
-        "seconds": round(run.seconds, 1),
-        "calibration": calib,
-        "temperature_scaling": bool(ev.temperature),
-    }
+        pooled=PooledMetrics(metrics),
+        per_fold=[_fold_row(run, f, probs[f.test_idx]) for f in run.folds],
+        mean_val_macro_f1=run.mean_val_f1,
+        mean_val_log_loss=run.mean_val_log_loss,
+        seconds=round(run.seconds, 1),
+        calibration=calib,
+        temperature_scaling=bool(ev.temperature),
+        full=full,
+    )
     if full:
-        out["roc"] = roc_curves(y, probs, classes)
-        out["operating_point"] = operating_point(run, probs, temps, ev)
-        out["per_source"] = per_source(run.manifest, probs, classes)
-        out["shortcut"] = {}
-        for name, p in extra.items():
-            m = compute_metrics(y, p, classes)
-            ci = patient_bootstrap(y, p, patients, light_metric_fn(classes), **boot)
-            chance = chance_levels(y, len(classes))
-            out["shortcut"][name] = {
-                "accuracy": m["accuracy"], "accuracy_ci": ci["accuracy"], "macro_f1": m["macro"]["f1"],
-                "confusion_matrix": m["confusion_matrix"], "chance": chance,
-                "verdict": shortcut_verdict(m["accuracy"], ci["accuracy"], chance["majority"], metrics["accuracy"]),
-            }
+        summary.roc = roc_curves(y, probs, classes)
+        summary.operating_point_data = operating_point(run, probs, temps, ev)
+        summary.per_source = per_source(run.manifest, probs, classes)
+        summary.shortcut = {name: _shortcut(y, p, patients, classes, metrics["accuracy"], boot, SCORED_SETTINGS.get(name, f"With the {name} images"))
+                            for name, p in extra.items()}
     table = _prediction_table(run, probs, fold_of, extra)
-    return out, table
+    return summary, table
+
+
+def _shortcut(y: np.ndarray, probs: np.ndarray, patients: np.ndarray, classes, accuracy_with_lungs: float, boot: dict,
+              setting: str = "With the lungs blacked out") -> dict:
+    """The shortcut control of one extra feature set (e.g. lungs blacked out): accuracy with CI against chance."""
+    m = compute_metrics(y, probs, classes)
+    ci = patient_bootstrap(y, probs, patients, light_metric_fn(classes), **boot)
+    chance = chance_levels(y, len(classes))
+    return {
+        "accuracy": m["accuracy"], "accuracy_ci": ci["accuracy"], "macro_f1": m["macro"]["f1"],
+        "confusion_matrix": m["confusion_matrix"], "chance": chance,
+        "verdict": shortcut_verdict(m["accuracy"], ci["accuracy"], chance["majority"], accuracy_with_lungs, setting=setting),
+    }
 
 
 def _prediction_table(run: CVRun, probs: np.ndarray, fold_of: np.ndarray, extra: dict) -> pd.DataFrame:

@@ -1,61 +1,56 @@
-"""Readable terminal tables (rich) for metrics dicts."""
+"""Readable terminal tables (rich) for metrics (:class:`~cxrdx.evaluation.results.PooledMetrics` or plain
+:func:`cxrdx.stats.metrics_with_ci` dicts) and comparison / benchmark rows."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
+from .results import MetricWithCI, PooledMetrics, headline
+
+PER_CLASS_KEYS = ("sensitivity", "specificity", "precision", "f1", "auc")
+
 
 def _fmt(value: float | None, ci: list | None = None) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:.3f}"
-    if ci and ci[0] is not None:
-        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return text
+    return MetricWithCI(value, ci).text()
 
 
-def metrics_table(metrics: dict, title: str = "Held-out test metrics") -> Table:
-    cis = metrics.get("ci", {})
-    table = Table(title=f"{title}  (n={metrics['n']}, accuracy {_fmt(metrics['accuracy'], cis.get('accuracy'))})")
+def metrics_table(metrics: PooledMetrics | dict, title: str = "Held-out test metrics") -> Table:
+    m = PooledMetrics.of(metrics)
+    table = Table(title=f"{title}  (n={m.n}, accuracy {m.accuracy.text()})")
     for col in ("class", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "n"):
         table.add_column(col, justify="right" if col != "class" else "left")
-    for name, row in metrics["per_class"].items():
-        c = cis.get("per_class", {}).get(name, {})
-        table.add_row(
-            name, _fmt(row["sensitivity"], c.get("sensitivity")), _fmt(row["specificity"], c.get("specificity")),
-            _fmt(row["precision"], c.get("precision")), _fmt(row["f1"], c.get("f1")), _fmt(row["auc"], c.get("auc")),
-            str(row["support"]),
-        )
-    m = metrics["macro"]
-    table.add_row("macro", _fmt(m["sensitivity"]), _fmt(m["specificity"]), _fmt(m["precision"]), _fmt(m["f1"]), _fmt(m["auc"]), "", style="bold")
+    for name in m.class_names:
+        # a class absent from the truth has no sensitivity / F1 / AUC: "undefined", never 0.000 [0, 0]
+        table.add_row(name, *[m.per_class(name, key).text(missing="undefined") for key in PER_CLASS_KEYS],
+                      str(m.support(name)))
+    table.add_row("macro", *[MetricWithCI(m.macro(key).value).text(missing="undefined") for key in PER_CLASS_KEYS], "",
+                  style="bold")
     return table
 
 
-def confusion_table(metrics: dict) -> Table:
-    classes = metrics["classes"]
+def confusion_table(metrics: PooledMetrics | dict) -> Table:
+    m = PooledMetrics.of(metrics)
     table = Table(title="Confusion matrix (rows: true, columns: predicted)")
     table.add_column("true \\ pred")
-    for c in classes:
+    for c in m.classes:
         table.add_column(c, justify="right")
-    for name, row in zip(classes, metrics["confusion_matrix"]):
+    for name, row in zip(m.classes, m.confusion_matrix):
         table.add_row(name, *[str(v) for v in row])
     return table
 
 
-def macro_row_ci(metrics: dict) -> Table:
+def macro_row_ci(metrics: PooledMetrics | dict) -> Table:
     """Headline numbers with their CIs (accuracy, macro averages, covid-vs-rest)."""
-    cis = metrics.get("ci", {})
+    m = PooledMetrics.of(metrics)
     table = Table(title="Headline numbers, 95% CI from a patient-level bootstrap")
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
-    table.add_row("accuracy", _fmt(metrics["accuracy"], cis.get("accuracy")))
-    for key in ("sensitivity", "specificity", "precision", "f1", "auc"):
-        table.add_row(f"macro {key}", _fmt(metrics["macro"][key], cis.get("macro", {}).get(key)))
-    cv = metrics.get("covid_vs_rest")
-    if cv:
-        c = cis.get("covid_vs_rest", {})
+    table.add_row("accuracy", m.accuracy.text())
+    for key in PER_CLASS_KEYS:
+        table.add_row(f"macro {key}", m.macro(key).text())
+    if m.covid_vs_rest:
         for key in ("sensitivity", "specificity", "auc"):
-            table.add_row(f"covid-vs-rest {key}", _fmt(cv[key], c.get(key)))
+            table.add_row(f"covid-vs-rest {key}", m.metric("covid_vs_rest", key).text())
     return table
 
 
@@ -93,4 +88,50 @@ def benchmark_table(bench: dict) -> Table:
             "-" if r.get("leakage_effect") is None else f"{r['leakage_effect']:+.3f}", target,
             "yes" if r.get("target_reached") else "[red]no[/]",
         )
+    return table
+
+
+def loso_table(loso: dict, candidate: str | None = None, title: str | None = None) -> Table:
+    """Leave-one-source-out rows of one candidate (default: the selected one): unseen (held out) beside seen
+    (random patient split, same images); classes absent from a source print "undefined"."""
+    name = candidate or loso["selected"]
+    rows = [r for r in loso["rows"] if r["candidate"] == name]
+    classes = list(rows[0]["labels"]) if rows else []
+    table = Table(title=title or f"Unseen hospitals (leave-one-source-out): {name}, roi {loso.get('roi', 'full')}")
+    cols = ["held-out source", "images / patients", "labels", "headline [95% CI]", "accuracy UNSEEN [95% CI]",
+            "accuracy seen (random split)", "gap"]
+    cols += [f"{c} sens." for c in classes] + [f"{c} spec." for c in classes] + ["covid-vs-rest AUC"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("held-out source", "labels") else "right")
+    for r in rows:
+        u, s = PooledMetrics(r["unseen"]), PooledMetrics(r["seen"]) if r.get("seen") else None
+        what, value = headline(r["unseen"])
+        labels = ", ".join(f"{k} {v}" for k, v in r["labels"].items() if v)
+        table.add_row(
+            r["source"], f"{r['n_images']} / {r['n_patients']}", labels, f"{what}: {value.text(missing='undefined')}",
+            u.accuracy.text(), s.accuracy.text() if s else "-", "-" if r.get("accuracy_gap") is None else f"{r['accuracy_gap']:+.3f}",
+            *[u.per_class(c, "sensitivity").text(missing="undefined") for c in classes],
+            *[u.per_class(c, "specificity").text(missing="undefined") for c in classes],
+            u.metric("covid_vs_rest", "auc").text(missing="undefined"),
+            style="bold" if r.get("pooled") else None,
+        )
+    return table
+
+
+def loso_overview(loso: dict) -> Table:
+    """Every candidate (ranked by validation) x held-out source: accuracy unseen vs seen."""
+    sources = [*loso["sources"], "all held-out sources"]
+    table = Table(title="Leave-one-source-out accuracy per candidate: UNSEEN (seen = random patient split, same images)")
+    table.add_column("#", justify="right")
+    table.add_column("candidate")
+    for s in sources:
+        table.add_column(s, justify="right")
+    by = {(r["candidate"], r["source"]): r for r in loso["rows"]}
+    for c in loso["candidates"]:
+        cells = []
+        for s in sources:
+            r = by.get((c["name"], s))
+            seen = r and r.get("seen")
+            cells.append("-" if r is None else f"{r['unseen']['accuracy']:.3f}" + (f" ({seen['accuracy']:.3f})" if seen else ""))
+        table.add_row(str(c["rank"]), c["name"], *cells)
     return table

@@ -1,22 +1,16 @@
 """Explain: Grad-CAM family heatmaps, overlays and a localisation score against lung / lesion masks.
 
-``cxrdx.explain`` is both this package and the function ``explain(model, image)``:
-importing a submodule makes Python bind the package to ``cxrdx.explain``,
-replacing the lazy function defined in ``cxrdx/__init__.py``, so the package
-itself is made callable and forwards to :func:`cxrdx.explain.cam.explain`.
+    >>> from cxrdx.explain import Explainer
+    >>> exp = Explainer(model, method="gradcam")("chest.png")
+
+Names are imported lazily, so ``import cxrdx.explain`` (and its light :mod:`~cxrdx.explain.methods`)
+does not load torch.
 """
 
-import sys
-import types
+from __future__ import annotations
 
-from .cam import METHODS, Explanation, explain
+from ..lazy import lazy_exports
 
-__all__ = ["METHODS", "Explanation", "explain"]
+_EXPORTS = {"Explainer": "cam", "Explanation": "cam", "explain": "cam", "CAM_METHODS": "methods", "CamMethod": "methods"}
 
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs) -> Explanation:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

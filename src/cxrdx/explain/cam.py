@@ -5,8 +5,12 @@ The target layer is the backbone's last convolutional stage
 the RNN head to it. The model sees the whole image squashed to ``S x S`` (no
 crop), so the ``S x S`` CAM is resized back to the original ``H x W``.
 
-    >>> import cxrdx
-    >>> exp = cxrdx.explain(model, "chest.png", method="gradcam")
+:class:`Explainer` follows pytorch-grad-cam's ``BaseCAM(model, target_layers)(input, targets)``:
+configure it once for a model and a method (:data:`~cxrdx.explain.methods.CAM_METHODS`), then call it
+per image.
+
+    >>> from cxrdx.explain import Explainer
+    >>> exp = Explainer(model, method="gradcam")("chest.png")
     >>> exp.predicted, exp.heatmap.shape, exp.save("out", "chest")
 """
 
@@ -20,17 +24,15 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..config import ExplainConfig
 from ..data.io import ReadLimits, read_image
 from ..data.transforms import build_transform, preprocess
 from ..models.hybrid import HybridModel
+from ..models.outputs import probabilities
+from .methods import CAM_METHODS
 from .overlay import make_overlay
-
-METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 
 # CAM objects hook the model's target layer; one explanation at a time per process.
 _CAM_LOCK = threading.Lock()
@@ -105,26 +107,68 @@ def _class_index(model: HybridModel, target_class: str | int | None, probs: np.n
     return int(target_class)
 
 
-def compute_cam(model: HybridModel, x: torch.Tensor, class_index: int, method: str = "gradcam", *, scorecam_batch_size: int = 64) -> np.ndarray:
-    """``[1, 3, S, S]`` input -> ``S x S`` CAM in [0, 1] for ``class_index`` (gradients through the head)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    model.eval()  # dropout off; pytorch-grad-cam also calls eval()
-    maps = None
-    # Gradients are needed even when the caller runs under inference_mode / no_grad.
-    with _CAM_LOCK, torch.inference_mode(False), torch.enable_grad():
-        x = x.detach().clone()
-        # compute_input_gradient: the input requires grad, so the frozen backbone's
-        # target-layer activations are in the graph and their gradient is recorded.
-        with METHODS[method](model=model, target_layers=[target_layer(model)]) as cam:
-            cam.compute_input_gradient = method != "scorecam"
-            if method == "scorecam":
-                cam.batch_size = scorecam_batch_size
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
-        model.zero_grad(set_to_none=True)
-    if maps is None:  # pytorch-grad-cam's context manager swallows an IndexError
-        raise RuntimeError(f"{method} failed on target layer {model.spec.target_layer!r}")
-    return np.clip(maps[0], 0.0, 1.0).astype(np.float32)
+class Explainer:
+    """Heatmap, overlay and prediction of ``model`` for one X-ray per call.
+
+    ``Explainer(model, method)(image, target=None)``: ``image`` is a path, bytes (PNG/JPEG/DICOM) or an
+    8-bit array; ``target`` a class name or index (default: the predicted class). An unknown method
+    raises :class:`~cxrdx.registry.UnknownNameError`, an unknown class ``ValueError``, an unreadable
+    file :class:`~cxrdx.data.io.ImageReadError`.
+    """
+
+    def __init__(self, model: HybridModel, method: str = "gradcam", *, limits: ReadLimits | None = None,
+                 settings: ExplainConfig | None = None):
+        self.model = model
+        self.method = CAM_METHODS.get(method)
+        self.limits = limits
+        self.settings = settings or ExplainConfig()
+        self.transform = build_transform(model.info.image_size, model.spec.mean, model.spec.std)
+
+    def __call__(self, image: np.ndarray | str | Path | bytes, target: str | int | None = None) -> Explanation:
+        model = self.model
+        grey = as_grey(image, self.limits)
+        x = preprocess(grey, self.transform)[None].to(next(model.parameters()).device)
+        probs = self.predict(x)
+        idx = _class_index(model, target, probs)
+        small = self.cam(x, idx)
+        h, w = grey.shape
+        heatmap = np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+        classes = model.classes
+        predicted = classes[int(np.argmax(probs))]
+        caption = f"predicted {predicted} {probs.max():.0%}  |  {self.method.display} for {classes[idx]}"
+        overlay = make_overlay(grey, heatmap, caption, image_weight=self.settings.image_weight,
+                               max_side=self.settings.overlay_max_side)
+        return Explanation(
+            heatmap=heatmap, overlay=overlay, predicted=predicted,
+            probabilities={c: float(p) for c, p in zip(classes, probs)}, image=grey, target=classes[idx],
+            method=self.method.name,
+        )
+
+    def predict(self, x: torch.Tensor) -> np.ndarray:
+        """Class probabilities of the ``[1, 3, S, S]`` input."""
+        self.model.eval()
+        with torch.inference_mode():
+            return probabilities(self.model(x))[0].cpu().numpy()
+
+    def cam(self, x: torch.Tensor, class_index: int) -> np.ndarray:
+        """``[1, 3, S, S]`` input -> ``S x S`` CAM in [0, 1] for ``class_index`` (gradients through the head)."""
+        model, method = self.model, self.method
+        model.eval()  # dropout off; pytorch-grad-cam also calls eval()
+        maps = None
+        # Gradients are needed even when the caller runs under inference_mode / no_grad.
+        with _CAM_LOCK, torch.inference_mode(False), torch.enable_grad():
+            x = x.detach().clone()
+            # compute_input_gradient: the input requires grad, so the frozen backbone's
+            # target-layer activations are in the graph and their gradient is recorded.
+            with method.cam_type()(model=model, target_layers=[target_layer(model)]) as cam:
+                cam.compute_input_gradient = method.input_gradient
+                if method.batched:
+                    cam.batch_size = self.settings.scorecam_batch_size
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(class_index)])
+            model.zero_grad(set_to_none=True)
+        if maps is None:  # pytorch-grad-cam's context manager swallows an IndexError
+            raise RuntimeError(f"{method.name} failed on target layer {model.spec.target_layer!r}")
+        return np.clip(maps[0], 0.0, 1.0).astype(np.float32)
 
 
 def explain(
@@ -136,31 +180,5 @@ def explain(
     limits: ReadLimits | None = None,
     settings: ExplainConfig | None = None,
 ) -> Explanation:
-    """Heatmap, overlay and prediction for one X-ray (path, bytes or uint8 array; PNG/JPEG/DICOM).
-
-    Raises :class:`~cxrdx.data.io.ImageReadError` for an unreadable file and
-    ``ValueError`` for an unknown method or class.
-    """
-    settings = settings or ExplainConfig()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    grey = as_grey(image, limits)
-    transform = build_transform(model.info.image_size, model.spec.mean, model.spec.std)
-    x = preprocess(grey, transform)[None].to(next(model.parameters()).device)
-    model.eval()
-    with torch.inference_mode():
-        probs = torch.softmax(model(x), dim=1)[0].float().cpu().numpy()
-    idx = _class_index(model, target_class, probs)
-    small = compute_cam(model, x, idx, method, scorecam_batch_size=settings.scorecam_batch_size)
-    h, w = grey.shape
-    heatmap = np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
-    classes = model.classes
-    predicted = classes[int(np.argmax(probs))]
-    target = classes[idx]
-    caption = f"predicted {predicted} {probs.max():.0%}  |  {METHOD_NAMES[method]} for {target}"
-    overlay = make_overlay(grey, heatmap, caption, image_weight=settings.image_weight, max_side=settings.overlay_max_side)
-    return Explanation(
-        heatmap=heatmap, overlay=overlay, predicted=predicted,
-        probabilities={c: float(p) for c, p in zip(classes, probs)}, image=grey, target=target, method=method,
-    )
-
+    """One-off :class:`Explainer` call: ``Explainer(model, method, ...)(image, target_class)``."""
+    return Explainer(model, method, limits=limits, settings=settings)(image, target_class)

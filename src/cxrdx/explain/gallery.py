@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cam import METHOD_NAMES, Explanation
+from .cam import Explanation
+from .methods import CAM_METHODS
 from .overlay import make_overlay
 
 LUNG_COLOUR = (0, 255, 0)
@@ -37,7 +38,7 @@ def write_gallery(
             energy = item.get("lung_energy")
             caption = (
                 f"true {label} | predicted {exp.predicted} {exp.probabilities[exp.predicted]:.0%} | "
-                f"{METHOD_NAMES[exp.method]} lung energy {energy:.2f}" if energy is not None and energy == energy
+                f"{CAM_METHODS.describe(exp.method)} lung energy {energy:.2f}" if energy is not None and energy == energy
                 else f"true {label} | predicted {exp.predicted} {exp.probabilities[exp.predicted]:.0%}"
             )
             outlines = [(m, c) for m, c in ((item.get("lung"), LUNG_COLOUR), (item.get("lesion"), LESION_COLOUR)) if m is not None]

@@ -8,7 +8,7 @@ For one image with heatmap ``h`` (``H x W``, values >= 0) and a binary mask ``m`
 
 Summaries are means over images with a percentile CI from a bootstrap that
 resamples *patients* (all images of a drawn patient go in together):
-:func:`cxrdx.evaluation.bootstrap.patient_mean_ci`.
+:func:`cxrdx.stats.bootstrap.patient_mean_ci`.
 """
 
 from __future__ import annotations

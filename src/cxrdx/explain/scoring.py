@@ -18,9 +18,9 @@ from ..data.io import ImageReadError, ReadLimits
 from ..data.manifest import ManifestError, load_manifest
 from ..models.hybrid import HybridModel
 from ..progress import progress_bar
-from .cam import explain
+from ..stats.bootstrap import patient_mean_ci
+from .cam import Explainer
 from .gallery import write_gallery
-from ..evaluation.bootstrap import patient_mean_ci
 from .localisation import area_fraction, energy_inside, load_mask, peak_inside
 
 SCORES_FILE = "scores.json"
@@ -80,11 +80,12 @@ def score_model(
     t0 = time.perf_counter()
     df = masked_manifest(root, tuple(model.classes))
     parts = _split_parts(Path(run_dir) if run_dir else None)
+    explainer = Explainer(model, method, limits=limits, settings=settings)
     rows, items, failures = [], [], []
     with progress_bar(total=len(df), description=f"explain {method}", enabled=progress) as bar:
         for row in df.itertuples(index=False):
             try:
-                exp = explain(model, row.image, method=method, limits=limits, settings=settings)
+                exp = explainer(row.image)
                 lung = load_mask(Path(root) / row.lung_mask, exp.heatmap.shape)
                 lesion_path = getattr(row, "lesion_mask", None)
                 has_lesion = isinstance(lesion_path, str) and lesion_path

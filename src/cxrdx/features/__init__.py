@@ -1,5 +1,4 @@
-"""Cached frozen-backbone features."""
+"""Cached frozen-backbone features: :mod:`cxrdx.features.cache` (``extract_features``, ``FeatureSet``).
 
-from .cache import FeatureCache, FeatureSet, cache_key, extract_features, file_digest
-
-__all__ = ["FeatureCache", "FeatureSet", "cache_key", "extract_features", "file_digest"]
+Import the submodule; this package imports nothing itself.
+"""

@@ -20,6 +20,7 @@ from ..data.io import ImageReadError, ReadLimits, expand_paths, read_image
 from ..data.transforms import build_transform, preprocess
 from ..features.cache import extract_features
 from ..models.hybrid import HybridModel
+from ..models.outputs import predict_proba, probabilities
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Predictor:
     read_ahead: bool = False
     """Decode the next batch in a thread while the model runs. Off for torch: its OpenMP workers busy-wait
     between operators, so a concurrent reader slows it (-14 % on 2 cores); on for ONNX Runtime, whose idle
-    workers sleep (:class:`~cxrdx.serve.onnx_runtime.OnnxPredictor`, +9 %)."""
+    workers sleep (:class:`~cxrdx.inference.onnx_runtime.OnnxPredictor`, +9 %)."""
 
     def __init__(self, model: HybridModel, limits: ReadLimits | None = None, batch_size: int = 16):
         self.model = model.eval()
@@ -75,7 +76,7 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.softmax(self.model(batch), dim=1).float().numpy()
+        return probabilities(self.model(batch)).numpy()
 
     def predict_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
         out = []
@@ -146,8 +147,4 @@ def predict_manifest(
         failures = [(p.source, str(p.error)) for p in preds if not p.ok]
         return probs.reshape(len(ok), len(model.classes)), manifest.iloc[ok].reset_index(drop=True), failures
     fs = extract_features(model, manifest, cache_dir, progress=progress, limits=limits)
-    with torch.inference_mode():
-        model.head.eval()
-        x = fs.tensor()
-        probs = torch.cat([torch.softmax(model.head(x[i : i + 256]), 1) for i in range(0, len(x), 256)]).numpy() if len(x) else np.zeros((0, len(model.classes)))
-    return probs, fs.manifest, fs.failures
+    return predict_proba(model.head, fs.tensor(), num_classes=len(model.classes)), fs.manifest, fs.failures

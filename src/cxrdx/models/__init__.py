@@ -1,13 +1,21 @@
-"""Models: backbone registry, RNN heads, the hybrid model and its factory."""
+"""Models: backbone and head registries, the hybrid model, its factory and run folders.
 
-from .backbones import BACKBONES, BackboneSpec, get_spec
-from .factory import create_model, create_model_from_info
-from .heads import HEADS, create_head, feature_map_to_sequence
-from .hybrid import HybridModel, ModelInfo, ProbabilityModel
-from .weights import WeightsUnavailableError
+Submodules are imported on first use (``from cxrdx.models import create_model``
+works, but ``import cxrdx.models`` alone loads neither torch nor timm).
+"""
 
-__all__ = [
-    "BACKBONES", "BackboneSpec", "HEADS", "HybridModel", "ModelInfo", "ProbabilityModel",
-    "WeightsUnavailableError", "create_head", "create_model", "create_model_from_info",
-    "feature_map_to_sequence", "get_spec",
-]
+from __future__ import annotations
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "BACKBONES": "backbones", "BackboneSpec": "backbones", "get_spec": "backbones",
+    "HEADS": "heads", "create_head": "heads", "feature_map_to_sequence": "heads",
+    "HybridModel": "hybrid", "ModelInfo": "hybrid", "ProbabilityModel": "hybrid",
+    "create_model": "factory", "create_model_from_info": "factory",
+    "WeightsUnavailableError": "weights",
+    "probabilities": "outputs", "predict_proba": "outputs",
+    "save_run": "run", "load_run": "run", "RunError": "run", "model_identity": "run",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

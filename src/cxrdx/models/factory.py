@@ -1,9 +1,10 @@
-"""``create_model``: the one way to build a cxrdx model."""
+"""``create_model``: the one way to build a cxrdx model, by registered backbone and head names."""
 
 from __future__ import annotations
 
-from .backbones import build_backbone, get_spec
-from .heads import create_head
+from ..tasks import classes_for
+from .backbones import BACKBONES, build_backbone
+from .heads import HEADS, create_head
 from .hybrid import HybridModel, ModelInfo
 from .weights import load_backbone_weights
 
@@ -20,18 +21,17 @@ def create_model(
     dropout: float = 0.3,
     image_size: int = 224,
 ) -> HybridModel:
-    """Build backbone + head. ``weights``: ``imagenet``, ``none`` or a file path (backbone weights)."""
-    if classes is None:
-        if num_classes is None:
-            num_classes = 3
-        classes = ["covid", "pneumonia", "normal"] if num_classes == 3 else [f"class{i}" for i in range(num_classes)]
-        if num_classes == 2:
-            classes = ["covid", "non-covid"]
-    classes = list(classes)
+    """Build backbone + head. ``weights``: ``imagenet``, ``none`` or a file path (backbone weights).
+
+    ``backbone`` and ``head`` are names in :data:`~cxrdx.models.backbones.BACKBONES` and
+    :data:`~cxrdx.models.heads.HEADS`; both are checked before any network is built.
+    """
+    spec = BACKBONES.get(backbone)
+    HEADS.check(head)
+    classes = list(classes_for(3 if num_classes is None else num_classes) if classes is None else classes)
     if num_classes is not None and num_classes != len(classes):
         raise ValueError(f"num_classes={num_classes} but {len(classes)} class names given")
-    spec = get_spec(backbone)
-    net = build_backbone(backbone)
+    net = build_backbone(spec)
     tag = load_backbone_weights(net, backbone, weights)
     head_module = create_head(head, spec.channels, len(classes), hidden=hidden, proj_dim=proj_dim, dropout=dropout)
     info = ModelInfo(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..registry import Registry
+
 
 def feature_map_to_sequence(fmap: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B, H*W, C]``, row by row as Keras' Reshape((49, C)) does on 7x7xC."""
@@ -91,23 +93,21 @@ class HeadSpec:
     pooling: str = "last"
 
 
-HEADS: dict[str, HeadSpec] = {
-    h.name: h
-    for h in (
-        HeadSpec("lstm", "LSTM over the 49-step sequence, last state", "lstm"),
-        HeadSpec("gru", "GRU over the 49-step sequence, last state", "gru"),
-        HeadSpec("bilstm", "bidirectional LSTM, both final states", "lstm", True),
-        HeadSpec("bigru", "bidirectional GRU, both final states", "gru", True),
-        HeadSpec("attention", "bidirectional GRU with attention pooling", "gru", True, "attention"),
-        HeadSpec("pool", "CNN alone: global average pool + linear (baseline)"),
-    )
-}
+HEADS: Registry[HeadSpec] = Registry("heads", describe=lambda spec: spec.description)
+for _spec in (
+    HeadSpec("lstm", "LSTM over the 49-step sequence, last state", "lstm"),
+    HeadSpec("gru", "GRU over the 49-step sequence, last state", "gru"),
+    HeadSpec("bilstm", "bidirectional LSTM, both final states", "lstm", True),
+    HeadSpec("bigru", "bidirectional GRU, both final states", "gru", True),
+    HeadSpec("attention", "bidirectional GRU with attention pooling", "gru", True, "attention"),
+    HeadSpec("pool", "CNN alone: global average pool + linear (baseline)"),
+):
+    HEADS.register(_spec.name, _spec)
 
 
 def create_head(name: str, in_channels: int, num_classes: int, hidden: int = 128, proj_dim: int = 256, dropout: float = 0.3) -> nn.Module:
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose one of {sorted(HEADS)}")
-    spec = HEADS[name]
+    """Head ``name`` from :data:`HEADS`; :class:`~cxrdx.registry.UnknownNameError` if there is none."""
+    spec = HEADS.get(name)
     if spec.rnn is None:
         return PoolHead(in_channels, num_classes, dropout=dropout)
     return SequenceHead(

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .backbones import BackboneSpec
+from .outputs import probabilities
 
 
 @dataclass
@@ -54,7 +55,7 @@ class HybridModel(nn.Module):
     @torch.inference_mode()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         self.eval()
-        return torch.softmax(self(x), dim=1)
+        return probabilities(self(x))
 
     def freeze_backbone(self, trainable_blocks: int = 0) -> None:
         """Freeze the backbone except its last ``trainable_blocks`` blocks and the layers after them."""
@@ -74,11 +75,11 @@ class HybridModel(nn.Module):
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps a model so that its output is softmax probabilities (for export and serving)."""
+    """Wraps a model so that its output is :func:`~cxrdx.models.outputs.probabilities` (for export and serving)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        return probabilities(self.model(x))

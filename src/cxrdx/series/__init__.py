@@ -1,10 +1,18 @@
-"""Longitudinal model: each patient's exams in time order -> GRU/LSTM, against last-exam and mean-pool baselines."""
+"""Longitudinal model: each patient's exams in time order -> GRU/LSTM, against last-exam and mean-pool baselines.
 
-from .cv import SeriesCVResult, bootstrap_metrics, cross_validate, out_of_fold
-from .model import LastExamBaseline, MeanPoolBaseline, SeriesRNN, create_series_model
-from .sequences import PatientSeries, build_series, cohort_summary, pad, time_features
+Names are imported lazily (``from cxrdx.series import SeriesRNN`` works) so that importing the package stays cheap.
+"""
 
-__all__ = [
-    "LastExamBaseline", "MeanPoolBaseline", "PatientSeries", "SeriesCVResult", "SeriesRNN", "bootstrap_metrics",
-    "build_series", "cohort_summary", "create_series_model", "cross_validate", "out_of_fold", "pad", "time_features",
-]
+from __future__ import annotations
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "SeriesCVResult": "cv", "bootstrap_metrics": "cv", "cross_validate": "cv", "out_of_fold": "cv",
+    "LastExamBaseline": "model", "MeanPoolBaseline": "model", "SERIES_MODELS": "model", "SeriesRNN": "model",
+    "create_series_model": "model",
+    "PatientSeries": "sequences", "build_series": "sequences", "cohort_summary": "sequences", "pad": "sequences",
+    "time_features": "sequences",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

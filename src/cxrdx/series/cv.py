@@ -22,12 +22,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 
 from ..config import SeriesConfig
-from ..evaluation.bootstrap import percentile_ci
+from ..models.outputs import probabilities
 from ..progress import progress_bar
+from ..stats.bootstrap import patient_resamples, percentile_ci
 from .model import SERIES_MODELS, create_series_model
 from .sequences import PatientSeries, pad
 
-MODEL_NAMES = tuple(SERIES_MODELS)  # rnn, mean_pool, last_exam
+MODEL_NAMES = tuple(SERIES_MODELS.names())  # rnn, mean_pool, last_exam
 
 
 def fit(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: np.ndarray, cfg: SeriesConfig) -> nn.Module:
@@ -49,7 +50,7 @@ def fit(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: np.ndarray,
 @torch.inference_mode()
 def positive_probability(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
     model.eval()
-    return torch.softmax(model(x, lengths), dim=1)[:, 1].numpy()
+    return probabilities(model(x, lengths))[:, 1].numpy()
 
 
 def fold_inputs(train: PatientSeries, test: PatientSeries, pca_dim: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -127,8 +128,7 @@ def bootstrap_metrics(
 ) -> dict[str, dict]:
     """Point estimates and percentile CIs from resampling patients (the same resamples for every model),
     plus the paired CI of each model's AUC minus the ``reference`` model's."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y), size=(n_boot, len(y)))  # one row per patient: resampling rows = patients
+    draws = patient_resamples(len(y), n_boot, seed)  # one row per patient: resampling rows = patients
 
     def ci(values: np.ndarray) -> list[float | None]:
         return percentile_ci(values, level)

@@ -13,8 +13,15 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from ..registry import Registry
 
+SERIES_MODELS: Registry[type[nn.Module]] = Registry("series-models")
+
+
+@SERIES_MODELS.register("rnn")
 class SeriesRNN(nn.Module):
+    """GRU/LSTM over the exams in time order (+ time gaps)."""
+
     def __init__(self, in_dim: int, num_classes: int = 2, hidden: int = 32, rnn: str = "gru", dropout: float = 0.2):
         super().__init__()
         if rnn not in ("gru", "lstm"):
@@ -54,25 +61,28 @@ class _EncoderBaseline(nn.Module):
         self.fc = nn.Linear(hidden, num_classes)
 
 
+@SERIES_MODELS.register("mean_pool")
 class MeanPoolBaseline(_EncoderBaseline):
+    """mean of per-exam encodings (order-blind)"""
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = valid_mask(lengths.to(x.device), x.shape[1]).unsqueeze(-1).float()
         pooled = (self.encoder(x) * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return self.fc(pooled)
 
 
+@SERIES_MODELS.register("last_exam")
 class LastExamBaseline(_EncoderBaseline):
+    """most recent exam alone"""
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         last = x[torch.arange(len(x), device=x.device), lengths.to(x.device) - 1]
         return self.fc(self.encoder(last))
 
 
-SERIES_MODELS = {"rnn": SeriesRNN, "mean_pool": MeanPoolBaseline, "last_exam": LastExamBaseline}
-
-
 def create_series_model(name: str, in_dim: int, num_classes: int = 2, hidden: int = 32, rnn: str = "gru", dropout: float = 0.2) -> nn.Module:
-    if name not in SERIES_MODELS:
-        raise ValueError(f"unknown series model {name!r}; choose one of {sorted(SERIES_MODELS)}")
-    if name == "rnn":
+    """A registered series model; unknown names raise :class:`cxrdx.registry.UnknownNameError`."""
+    cls = SERIES_MODELS.get(name)
+    if cls is SeriesRNN:
         return SeriesRNN(in_dim, num_classes, hidden=hidden, rnn=rnn, dropout=dropout)
-    return SERIES_MODELS[name](in_dim, num_classes, hidden=hidden, dropout=dropout)
+    return cls(in_dim, num_classes, hidden=hidden, dropout=dropout)

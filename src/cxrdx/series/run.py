@@ -15,6 +15,7 @@ from ..data.manifest import load_manifest
 from ..features.cache import extract_features
 from ..models.factory import create_model
 from .cv import SeriesCVResult, cross_validate
+from .model import SERIES_MODELS
 from .sequences import build_series, cohort_summary
 
 
@@ -63,8 +64,8 @@ def run_series(cfg: Config, *, progress: bool = True) -> tuple[dict, SeriesCVRes
         "protocol": f"{min(sc.folds, int(np.bincount(result.labels).min()))}-fold stratified CV over patients "
                     f"(x{sc.repeats}), embeddings {cfg.model.backbone}/{cfg.model.weights} mean-pooled, "
                     f"PCA {sc.pca_dim} fitted per training fold; 95% CIs: {sc.bootstrap} patient bootstrap resamples",
-        "models": {"rnn": f"{sc.rnn.upper()} over exams in offset_days order + time gaps",
-                   "mean_pool": "mean of per-exam encodings (order-blind)", "last_exam": "most recent exam alone"},
+        "models": {name: f"{sc.rnn.upper()} over exams in offset_days order + time gaps" if name == "rnn"
+                   else SERIES_MODELS.describe(name) for name in SERIES_MODELS},
         "metrics": result.metrics,
         "failures": [{"image": p, "error": e} for p, e in fs.failures],
         "seconds": time.perf_counter() - t0,

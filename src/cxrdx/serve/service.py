@@ -17,10 +17,8 @@ import torch
 from ..config import DataConfig, ServeConfig
 from ..data.io import ImageReadError, ReadLimits, read_image
 from ..inference.predictor import Predictor
-from ..training.checkpoint import load_checkpoint
-from .identity import ModelIdentity, model_identity
-
-RUNTIMES = ("torch", "onnx")
+from ..inference.runtimes import RUNTIMES, create_predictor
+from ..models.run import ModelIdentity, load_run, model_identity
 
 
 @dataclass
@@ -31,22 +29,17 @@ class Scored:
 
 class ModelService:
     def __init__(self, cfg: ServeConfig, data_cfg: DataConfig | None = None):
-        if cfg.runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {cfg.runtime!r}; choose one of {RUNTIMES}")
+        RUNTIMES.check(cfg.runtime)
         data_cfg = data_cfg or DataConfig()
         self.run_dir = Path(cfg.model_dir)
         self.runtime = cfg.runtime
         self.limits = ReadLimits(max_pixels=data_cfg.max_pixels, max_file_bytes=cfg.max_upload_bytes)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.model = load_checkpoint(self.run_dir)
+        self.model = load_run(self.run_dir)  # also for Grad-CAM, which always runs on torch
         self.identity: ModelIdentity = model_identity(self.run_dir)
-        if cfg.runtime == "onnx":
-            from .onnx_runtime import OnnxPredictor
-
-            self.predictor: Predictor = OnnxPredictor.from_run_dir(self.run_dir, limits=self.limits, threads=cfg.threads)
-        else:
-            self.predictor = Predictor(self.model, limits=self.limits)
+        self.predictor: Predictor = create_predictor(self.run_dir, cfg.runtime, model=self.model, limits=self.limits,
+                                                     threads=cfg.threads)
         self._model_lock = threading.Lock()
         self.predictor.predict_arrays([np.full((256, 256), 128, np.uint8)])  # warm-up: the first request is not slow
 

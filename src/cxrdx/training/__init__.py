@@ -1,11 +1,9 @@
-"""Training: cached-feature head training, fine-tuning, checkpoints, the train pipeline."""
+"""Training: cached-feature head training, fine-tuning, resume state and the train pipeline.
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .head_trainer import TrainResult, predict_proba, train_head
-from .pipeline import RunOutcome, build_model, load_dataset, run_training
-from .seed import seed_everything
+- :mod:`~cxrdx.training.pipeline`: ``run_training(cfg, resume=False) -> RunOutcome``
+- :mod:`~cxrdx.training.head_trainer`: ``train_head``; :mod:`~cxrdx.training.finetune`: ``finetune``
+- :mod:`~cxrdx.training.resume`: optimizer state for ``--resume``; :mod:`~cxrdx.training.distributed`: torchrun / DDP
 
-__all__ = [
-    "RunOutcome", "TrainResult", "build_model", "load_checkpoint", "load_dataset", "predict_proba",
-    "run_training", "save_checkpoint", "seed_everything", "train_head",
-]
+Import the submodule you need; this package imports nothing itself (a trained model is
+saved and loaded by :mod:`cxrdx.models.run`).
+"""

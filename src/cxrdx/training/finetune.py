@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..config import Config
@@ -24,10 +23,11 @@ from ..data.dataset import CXRDataset
 from ..data.io import ReadLimits
 from ..data.transforms import build_transform
 from ..models.hybrid import HybridModel
+from ..models.outputs import probabilities
 from ..progress import progress_bar
-from .checkpoint import load_training_state, save_training_state
+from .resume import load_training_state, save_training_state
 from .distributed import autocast, current, global_mean, to_channels_last, wrap_ddp
-from .head_trainer import TrainResult, class_weights, scores_from_confusion, sharded_confusion
+from .head_trainer import TrainResult, class_weights, scores, scores_from_confusion, sharded_confusion, train_step
 
 RESUME_WEIGHTS = "finetune_last.safetensors"
 RESUME_STATE = "finetune_optim"
@@ -48,7 +48,7 @@ def _predict(model: HybridModel, loader: DataLoader) -> tuple[np.ndarray, np.nda
     for x, y in loader:
         with autocast(device):
             logits = model(x.to(device))
-        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        probs.append(probabilities(logits).cpu().numpy())
         ys.append(y.numpy())
     return np.concatenate(probs), np.concatenate(ys)
 
@@ -125,17 +125,13 @@ def finetune(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                opt.zero_grad(set_to_none=True)
-                with autocast(device, tc.precision):
-                    logits = net(x)
-                loss = loss_fn(logits.float(), y)
-                shown = float(loss.detach())
+                scale = None
                 if ctx.enabled:  # weighted mean over the global batch (see head_trainer)
                     local_weight = float(weight[y.cpu()].sum()) if weight is not None else float(len(y))
+                    scale = lambda loss, w=local_weight: global_mean(loss, w, ctx)  # noqa: E731
+                shown = float(train_step(net, None, opt, loss_fn, x, y, device, tc.precision, scale=scale, clip=None))
+                if ctx.enabled:
                     shown = shown / max(local_weight, 1e-12)
-                    loss = global_mean(loss, local_weight, ctx)
-                loss.backward()
-                opt.step()
                 total += shown * len(y)
                 count += len(y)
                 bar.advance()
@@ -145,8 +141,7 @@ def finetune(
                 val_f1, val_acc = scores_from_confusion(cm)
             else:
                 probs, ys = _predict(model, val_loader)
-                val_f1 = float(f1_score(ys, probs.argmax(1), average="macro", labels=list(range(num_classes)), zero_division=0))
-                val_acc = float((probs.argmax(1) == ys).mean())
+                val_f1, val_acc = scores(ys, probs.argmax(1), num_classes)
             history.append({"epoch": epoch, "loss": total / max(count, 1), "val_f1": val_f1, "val_acc": val_acc})
             if val_f1 > best_f1:
                 best_f1, best_epoch = val_f1, epoch

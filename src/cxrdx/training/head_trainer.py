@@ -19,6 +19,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..config import TrainConfig
+from ..models.outputs import predict_proba
 from ..progress import progress_bar
 from .distributed import DistContext, all_reduce_sum, autocast, current, global_mean, shard_indices, wrap_ddp
 
@@ -37,11 +38,10 @@ def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-@torch.inference_mode()
-def predict_proba(head: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    head.eval()
-    out = [torch.softmax(head(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+def scores(y: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """Macro-F1 (sklearn, ``zero_division=0``) and accuracy of predicted labels ``pred``, on one process."""
+    f1 = float(f1_score(y, pred, average="macro", labels=list(range(num_classes)), zero_division=0))
+    return f1, float((pred == y).mean())
 
 
 def scores_from_confusion(cm: np.ndarray) -> tuple[float, float]:
@@ -75,6 +75,48 @@ class _BestEpoch:
         return self.stale >= self.patience
 
 
+def train_step(net: nn.Module, params, opt: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device, precision: str, *, scale=None, clip: float | None = 5.0) -> torch.Tensor:
+    """One optimiser step: autocast forward, fp32 loss, backward (of ``scale(loss)`` when given), clip, step.
+
+    Returns the unscaled loss (detached). Shared by head training and fine-tuning, single-process and DDP.
+    """
+    opt.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        logits = net(x)
+    loss = loss_fn(logits.float(), y)
+    (scale(loss) if scale is not None else loss).backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return loss.detach()
+
+
+def _fit(head: nn.Module, cfg: TrainConfig, run_epoch, validate, description: str, progress: bool) -> TrainResult:
+    """The epoch loop both head trainers share: AdamW + cosine schedule, early stopping on validation macro-F1.
+
+    ``run_epoch(epoch, opt) -> mean loss`` trains one epoch; ``validate() -> (macro-F1, accuracy)``.
+    The head is left (on the CPU, eval mode) holding the weights of its best validation epoch.
+    """
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    best = _BestEpoch(head, cfg.patience)
+    history: list[dict] = []
+    with progress_bar(total=cfg.epochs, description=description, enabled=progress) as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            loss = run_epoch(epoch, opt)
+            sched.step()
+            val_f1, val_acc = validate()
+            history.append({"epoch": epoch, "loss": loss, "val_f1": val_f1, "val_acc": val_acc})
+            bar.advance()
+            bar.set(f"loss {loss:.3f}  val F1 {val_f1:.3f}  acc {val_acc:.3f}")
+            if best.stop_after(epoch, val_f1, head):
+                break
+    head.load_state_dict(best.state)
+    head.to("cpu").eval()
+    return TrainResult(best.epoch, best.f1, history)
+
+
 def train_head(
     head: nn.Module,
     x_train: torch.Tensor,
@@ -97,42 +139,26 @@ def train_head(
     torch.manual_seed(cfg.seed)
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     yt = torch.as_tensor(y_train, dtype=torch.long)
     cpu = torch.device("cpu")
-    best = _BestEpoch(head, cfg.patience)
-    history: list[dict] = []
-    with progress_bar(total=cfg.epochs, description="train head", enabled=progress) as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            head.train()
-            perm = torch.randperm(len(x_train), generator=gen)
-            total, count = 0.0, 0
-            for start in range(0, len(perm), cfg.batch_size):
-                idx = perm[start : start + cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                opt.zero_grad(set_to_none=True)
-                with autocast(cpu, cfg.precision):
-                    logits = head(x_train[idx])
-                loss = loss_fn(logits.float(), yt[idx])
-                loss.backward()
-                nn.utils.clip_grad_norm_(head.parameters(), 5.0)
-                opt.step()
-                total += loss.item() * len(idx)
-                count += len(idx)
-            sched.step()
-            val_pred = predict_proba(head, x_val).argmax(1)
-            val_f1 = float(f1_score(y_val, val_pred, average="macro", labels=list(range(num_classes)), zero_division=0))
-            val_acc = float((val_pred == y_val).mean())
-            history.append({"epoch": epoch, "loss": total / max(count, 1), "val_f1": val_f1, "val_acc": val_acc})
-            bar.advance()
-            bar.set(f"loss {total / max(count, 1):.3f}  val F1 {val_f1:.3f}  acc {val_acc:.3f}")
-            if best.stop_after(epoch, val_f1, head):
-                break
-    head.load_state_dict(best.state)
-    head.eval()
-    return TrainResult(best.epoch, best.f1, history)
+
+    def run_epoch(epoch: int, opt: torch.optim.Optimizer) -> float:
+        head.train()
+        perm = torch.randperm(len(x_train), generator=gen)
+        total, count = 0.0, 0
+        for start in range(0, len(perm), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = train_step(head, head.parameters(), opt, loss_fn, x_train[idx], yt[idx], cpu, cfg.precision)
+            total += loss.item() * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
+
+    def validate() -> tuple[float, float]:
+        return scores(y_val, predict_proba(head, x_val).argmax(1), num_classes)
+
+    return _fit(head, cfg, run_epoch, validate, "train head", progress)
 
 
 def _train_head_distributed(
@@ -151,12 +177,24 @@ def _train_head_distributed(
     ddp_head = wrap_ddp(head, ctx)
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), reduction="sum")
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     yt = torch.as_tensor(y_train, dtype=torch.long)
     rows = TensorDataset(torch.arange(len(x_train)))
     sampler = DistributedSampler(rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(rows, batch_size=cfg.batch_size, sampler=sampler)
+
+    def run_epoch(epoch: int, opt: torch.optim.Optimizer) -> float:
+        sampler.set_epoch(epoch)
+        ddp_head.train()
+        sums = np.zeros(2)
+        for (idx,) in loader:
+            if len(idx) * ctx.world_size < 2:
+                continue
+            local_weight = float(weight[yt[idx]].sum()) if weight is not None else float(len(idx))
+            loss_sum = train_step(ddp_head, head.parameters(), opt, loss_fn, x_train[idx].to(device), yt[idx].to(device),
+                                  device, cfg.precision, scale=lambda loss: global_mean(loss, local_weight, ctx))
+            sums += (float(loss_sum), local_weight)
+        total, count = all_reduce_sum(sums)
+        return total / max(count, 1e-12)
 
     @torch.inference_mode()
     def predict_val(idx: np.ndarray) -> np.ndarray:
@@ -164,34 +202,7 @@ def _train_head_distributed(
         out = [head(x_val[idx[i : i + 256]].to(device)).argmax(1).cpu() for i in range(0, len(idx), 256)]
         return torch.cat(out).numpy()
 
-    best = _BestEpoch(head, cfg.patience)
-    history: list[dict] = []
-    with progress_bar(total=cfg.epochs, description=f"train head ({ctx.world_size} processes)", enabled=progress and ctx.is_main) as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            sampler.set_epoch(epoch)
-            ddp_head.train()
-            sums = np.zeros(2)
-            for (idx,) in loader:
-                if len(idx) * ctx.world_size < 2:
-                    continue
-                xb, yb = x_train[idx].to(device), yt[idx].to(device)
-                local_weight = float(weight[yt[idx]].sum()) if weight is not None else float(len(idx))
-                opt.zero_grad(set_to_none=True)
-                with autocast(device, cfg.precision):
-                    logits = ddp_head(xb)
-                loss_sum = loss_fn(logits.float(), yb)
-                global_mean(loss_sum, local_weight, ctx).backward()
-                nn.utils.clip_grad_norm_(head.parameters(), 5.0)
-                opt.step()
-                sums += (float(loss_sum.detach()), local_weight)
-            sched.step()
-            total, count = all_reduce_sum(sums)
-            val_f1, val_acc = scores_from_confusion(sharded_confusion(predict_val, len(x_val), y_val, num_classes, ctx))
-            history.append({"epoch": epoch, "loss": total / max(count, 1e-12), "val_f1": val_f1, "val_acc": val_acc})
-            bar.advance()
-            bar.set(f"loss {total / max(count, 1e-12):.3f}  val F1 {val_f1:.3f}  acc {val_acc:.3f}")
-            if best.stop_after(epoch, val_f1, head):
-                break
-    head.load_state_dict(best.state)
-    head.to("cpu").eval()
-    return TrainResult(best.epoch, best.f1, history)
+    def validate() -> tuple[float, float]:
+        return scores_from_confusion(sharded_confusion(predict_val, len(x_val), y_val, num_classes, ctx))
+
+    return _fit(head, cfg, run_epoch, validate, f"train head ({ctx.world_size} processes)", progress and ctx.is_main)

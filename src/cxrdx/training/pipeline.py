@@ -22,12 +22,12 @@ from ..config import Config
 from ..data.io import ReadLimits
 from ..data.manifest import load_manifest
 from ..data.splits import assert_no_patient_leakage, train_val_test_split
-from ..evaluation.bootstrap import metrics_with_ci
 from ..features.cache import FeatureSet, extract_features
 from ..inference.predictor import predict_manifest
 from ..models.factory import create_model
 from ..models.hybrid import HybridModel
-from .checkpoint import save_checkpoint
+from ..models.run import save_run
+from ..stats.bootstrap import metrics_with_ci
 from .distributed import DistContext, barrier, init_distributed, shutdown
 from .finetune import finetune
 from .head_trainer import TrainResult, train_head
@@ -154,7 +154,7 @@ def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunO
     timings["total_s"] = time.perf_counter() - t0
     _share_from_main(ctx, (metrics, test_failures, timings))
 
-    save_checkpoint(model, run_dir)
+    save_run(model, run_dir)
     pd.DataFrame(probs, columns=[f"p_{c}" for c in cfg.data.classes]).assign(
         image=kept["relpath"].to_numpy(), patient_id=kept["patient_id"].to_numpy(), label=kept["label"].to_numpy(),
     ).to_csv(run_dir / "test_predictions.csv", index=False)

@@ -3,6 +3,12 @@
 ``compute_metrics`` returns a plain dict (JSON-ready): accuracy, per-class
 sensitivity (recall) / specificity / precision / F1 / one-vs-rest ROC AUC, their
 macro averages, the confusion matrix, and the binary covid-vs-rest view.
+
+A rate whose denominator is empty is ``None`` ("undefined"), never 0: a class absent
+from the truth has no sensitivity, F1 or AUC (and no precision unless it was predicted);
+macro averages are over the classes where the metric is defined.
+:func:`check_evaluable` refuses a set that holds a single class (accuracy 1.000 there
+means nothing).
 """
 
 from __future__ import annotations
@@ -16,6 +22,24 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
+
+
+class MetricsError(ValueError):
+    """Predictions that cannot be scored meaningfully (no rows, or a single true class)."""
+
+
+def check_evaluable(y_true: np.ndarray, classes: list[str] | tuple[str, ...]) -> None:
+    """Raise :class:`MetricsError` unless ``y_true`` holds at least two of ``classes``."""
+    y_true = np.asarray(y_true, dtype=int)
+    if y_true.size == 0:
+        raise MetricsError("nothing to evaluate: no image could be scored")
+    present = sorted({int(v) for v in np.unique(y_true)})
+    if len(present) < 2:
+        names = [classes[k] if 0 <= k < len(classes) else str(k) for k in present]
+        raise MetricsError(
+            f"cannot evaluate: all {y_true.size} image(s) have the one label {names[0]!r}; metrics need at least "
+            f"two of the classes {list(classes)} (sensitivity / specificity / AUC are undefined otherwise)"
+        )
 
 
 def _safe_auc(y_bin: np.ndarray, score: np.ndarray) -> float | None:
@@ -37,11 +61,12 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str] | 
     for k, name in enumerate(classes):
         negatives = y_true != k
         spec = recall_score(negatives, y_pred != k, zero_division=0) if negatives.any() else None
+        present, predicted = bool((y_true == k).any()), bool((y_pred == k).any())
         per_class[name] = {
-            "sensitivity": float(recall[k]),
+            "sensitivity": float(recall[k]) if present else None,
             "specificity": None if spec is None else float(spec),
-            "precision": float(precision[k]),
-            "f1": float(f1[k]),
+            "precision": float(precision[k]) if present or predicted else None,
+            "f1": float(f1[k]) if present else None,
             "auc": _safe_auc((y_true == k).astype(int), probs[:, k]),
             "support": int((y_true == k).sum()),
         }

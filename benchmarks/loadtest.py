@@ -1,6 +1,7 @@
 """Load and fault test against a running server (loopback): concurrent clients, valid and broken uploads.
 
-Used by ``benchmarks/load.py`` (50 clients) and by the test suite (a small run).
+Used by ``benchmarks/load.py`` (50 clients) and by the test suite (a small run); it is a
+development tool, so it lives here and not in the installed ``cxrdx`` package.
 It reports the rate served, latency percentiles, status counts (5xx must be 0)
 and whether the audit log gained exactly one row per successful prediction.
 """

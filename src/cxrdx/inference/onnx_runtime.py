@@ -1,4 +1,4 @@
-"""ONNX Runtime inference with the same decode / preprocess path as :class:`~cxrdx.inference.Predictor`.
+"""ONNX Runtime inference with the same decode / preprocess path as :class:`~cxrdx.inference.predictor.Predictor`.
 
 :class:`OnnxPredictor` subclasses ``Predictor`` and replaces only the model
 call, so PNG / JPEG / DICOM reading, size limits, resizing, normalisation,
@@ -16,13 +16,12 @@ import torch
 
 from ..data.io import ReadLimits
 from ..data.transforms import build_transform
-from ..inference.predictor import Predictor
-from ..training.checkpoint import CheckpointError
-from .export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME
-from .identity import model_identity
+from ..models.run import RunError, model_identity
+from .onnx_export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME
+from .predictor import Predictor
 
 
-class OnnxModelError(CheckpointError):
+class OnnxModelError(RunError):
     """No ONNX file, or one that no longer matches the run folder's weights."""
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ..models.hybrid import HybridModel, ProbabilityModel
+from ..models.outputs import probabilities
+from ..models.run import load_run, model_identity
 from ..models.static_padding import freeze_same_padding
-from ..training.checkpoint import load_checkpoint
-from .identity import model_identity
 from .onnx_graph import optimise_for_inference
 
 ONNX_FILE = "model.onnx"
@@ -54,7 +54,7 @@ def export_model(model: HybridModel, path: str | Path, *, identity: dict | None 
 
     The spatial size is fixed at ``model.info.image_size``, so TF-style "SAME" paddings are exported as
     constants (:func:`~cxrdx.models.static_padding.freeze_same_padding`) and then folded into the
-    convolutions' own ``pads`` (:func:`~cxrdx.serve.onnx_graph.optimise_for_inference`)."""
+    convolutions' own ``pads`` (:func:`~cxrdx.inference.onnx_graph.optimise_for_inference`)."""
     import onnx
 
     path = Path(path)
@@ -86,14 +86,14 @@ def max_difference(model: HybridModel, onnx_path: str | Path, batch: torch.Tenso
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ours = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy().astype(np.float32)})[0]
     with torch.inference_mode():
-        ref = torch.softmax(model.eval()(batch), dim=1).numpy()
+        ref = probabilities(model.eval()(batch)).numpy()
     return float(np.abs(ours - ref).max())
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, check_batch: torch.Tensor | None = None) -> ExportResult:
     """Export a run folder's model to ``out`` (default ``RUN_DIR/model.onnx``) and check it against PyTorch."""
     run_dir = Path(run_dir)
-    model = load_checkpoint(run_dir)
+    model = load_run(run_dir)
     ident = model_identity(run_dir)
     path = export_model(model, Path(out) if out else run_dir / ONNX_FILE,
                         identity={"model_id": ident.id, "model_version": ident.version, "run": ident.run})

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
 
-from .metrics import compute_metrics
+from .metrics import check_evaluable, compute_metrics
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float | None]]
 
@@ -64,10 +64,12 @@ def light_metric_fn(classes: tuple[str, ...] | list[str]) -> MetricFn:
         pred = probs.argmax(1)
         recall = recall_score(y, pred, labels=labels, average=None, zero_division=0)
         neg = y != covid
+        present = np.isin(labels, y)  # absent classes have no F1 (as in compute_metrics)
+        f1 = f1_score(y, pred, labels=labels, average=None, zero_division=0)
         out = {
             "accuracy": float(accuracy_score(y, pred)),
-            "macro.f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-            "per_class.covid.sensitivity": float(recall[covid]),
+            "macro.f1": float(np.mean(f1[present])),
+            "per_class.covid.sensitivity": float(recall[covid]) if present[covid] else None,
             "per_class.covid.specificity": float(recall_score(neg, pred != covid, zero_division=0)) if neg.any() else None,
             "macro.auc": None,
         }
@@ -91,6 +93,17 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float | None
     return [float(v) for v in np.quantile(samples, [alpha, 1.0 - alpha])]
 
 
+def patient_resamples(n_patients: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """``[n_boot, n_patients]`` indices of patients drawn with replacement: the one resampling scheme of cxrdx.
+
+    Every patient bootstrap (:func:`patient_bootstrap`, :func:`patient_mean_ci`, the paired,
+    vectorised one of :mod:`cxrdx.series.cv`) draws its resamples here, so one seed gives the
+    same patients everywhere. Row ``b`` lists the patients (indices into the caller's sorted
+    unique ids) of resample ``b``; a patient drawn twice counts twice.
+    """
+    return np.random.default_rng(seed).integers(0, n_patients, size=(n_boot, n_patients))
+
+
 def patient_mean_ci(
     values: np.ndarray, patients: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
 ) -> dict:
@@ -111,7 +124,7 @@ def patient_mean_ci(
     mean = float(values.mean())
     if len(ids) == 1:
         return {"mean": mean, "ci": [mean, mean], "n": int(values.size), "patients": 1}
-    draw = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    draw = patient_resamples(len(ids), n_boot, seed)
     boot = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
     return {"mean": mean, "ci": percentile_ci(boot, level), "n": int(values.size), "patients": int(len(ids))}
 
@@ -138,10 +151,8 @@ def patient_bootstrap(
     order = np.argsort(inverse, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(inverse, minlength=len(uniq)))]
     rows_of = [order[starts[i] : starts[i + 1]] for i in range(len(uniq))]
-    rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        chosen = rng.integers(0, len(uniq), size=len(uniq))
+    for chosen in patient_resamples(len(uniq), n_boot, seed):
         idx = np.concatenate([rows_of[c] for c in chosen])
         for key, value in metric_fn(y[idx], probs[idx]).items():
             lst = samples.setdefault(key, [])
@@ -153,11 +164,18 @@ def patient_bootstrap(
 
 def metrics_with_ci(
     y: np.ndarray, probs: np.ndarray, patients: np.ndarray, classes, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+    light: bool = False,
 ) -> dict:
-    """:func:`compute_metrics` plus ``ci`` (same nesting as the metrics) and a note on how it was computed."""
+    """:func:`compute_metrics` plus ``ci`` (same nesting as the metrics) and a note on how it was computed.
+
+    ``light=True`` bootstraps only the comparison-table columns (:func:`light_metric_fn`, fast enough for
+    grids); its ``ci_method`` then has no ``n_patients`` (as ever in cv / compare grid summaries).
+    """
+    check_evaluable(y, classes)
     metrics = compute_metrics(y, probs, classes)
-    flat_ci = patient_bootstrap(y, probs, patients, full_metric_fn(classes), n_boot=n_boot, level=level, seed=seed)
-    metrics["ci"] = unflatten(flat_ci)
-    metrics["ci_method"] = {"resamples": n_boot, "level": level, "unit": "patient", "seed": seed,
-                            "n_patients": int(len(np.unique(np.asarray(patients).astype(str))))}
+    fn = light_metric_fn(classes) if light else full_metric_fn(classes)
+    metrics["ci"] = unflatten(patient_bootstrap(y, probs, patients, fn, n_boot=n_boot, level=level, seed=seed))
+    metrics["ci_method"] = {"resamples": n_boot, "level": level, "unit": "patient", "seed": seed}
+    if not light:
+        metrics["ci_method"]["n_patients"] = int(len(np.unique(np.asarray(patients).astype(str))))
     return metrics

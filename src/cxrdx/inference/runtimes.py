@@ -1,0 +1,50 @@
+"""Runtimes: which engine runs a trained model, by name (``torch`` or ``onnx``).
+
+``create_predictor(run_dir, runtime)`` is what the CLI (``cxrdx predict
+--runtime``) and the server (``cxrdx serve --runtime``) call. Both predictors
+share decoding, preprocessing, batching and per-file errors
+(:class:`~cxrdx.inference.predictor.Predictor`); only the model call differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..data.io import ReadLimits
+from ..models.hybrid import HybridModel
+from ..registry import Registry
+from .predictor import Predictor
+
+PredictorFactory = Callable[..., Predictor]
+
+RUNTIMES: Registry[PredictorFactory] = Registry("runtimes")
+
+
+@RUNTIMES.register("torch")
+def torch_predictor(run_dir: str | Path, *, model: HybridModel | None = None, limits: ReadLimits | None = None,
+                    batch_size: int = 16, threads: int | None = None) -> Predictor:
+    """PyTorch on the CPU or GPU; the reference (and the only runtime that can explain with Grad-CAM)."""
+    from ..models.run import load_run
+
+    return Predictor(model if model is not None else load_run(run_dir), limits=limits, batch_size=batch_size)
+
+
+@RUNTIMES.register("onnx")
+def onnx_predictor(run_dir: str | Path, *, model: HybridModel | None = None, limits: ReadLimits | None = None,
+                   batch_size: int = 16, threads: int | None = None) -> Predictor:
+    """ONNX Runtime on the CPU, from RUN_DIR/model.onnx (made by `cxrdx export --onnx`); faster on small CPUs."""
+    from .onnx_runtime import OnnxPredictor
+
+    return OnnxPredictor.from_run_dir(run_dir, limits=limits, batch_size=batch_size, threads=threads)
+
+
+def create_predictor(run_dir: str | Path, runtime: str = "torch", *, model: HybridModel | None = None,
+                     limits: ReadLimits | None = None, batch_size: int = 16, threads: int | None = None) -> Predictor:
+    """A predictor for the model in ``run_dir`` on ``runtime`` (a name in :data:`RUNTIMES`).
+
+    ``model``: the run's model when the caller has loaded it already (the torch runtime then reuses it).
+    ``threads``: ONNX Runtime's intra-op threads (torch uses ``torch.set_num_threads``).
+    """
+    factory = RUNTIMES.get(runtime)
+    return factory(run_dir, model=model, limits=limits, batch_size=batch_size, threads=threads)
