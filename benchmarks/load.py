@@ -1,12 +1,19 @@
-"""Load and fault test on loopback: N concurrent clients send a mix of cxr3 X-rays and broken files.
+"""Load and fault test on loopback: N concurrent clients send a mix of cxr3 X-rays and broken or hostile files.
 
 Starts ``cxrdx serve`` in a subprocess (its own fresh SQLite audit log), sends
 ``--requests`` uploads from ``--clients`` concurrent clients (bounded by
-``--max-seconds``), then reports the rate served, p50/p95/p99 latency, the
-status counts (5xx must be 0) and whether the audit log gained exactly one
-row per successful prediction.
+``--max-seconds``), then reports the rate served, p50/p95/p99 latency per kind
+of request, the status counts (5xx must be 0), transport errors, the server's
+peak RSS and whether the audit log gained exactly one row per successful prediction.
 
-    python benchmarks/load.py --clients 50 --requests 1000 --runtime onnx --json runs/load.json
+``--mix normal``: 80 % cxr3 X-rays + 20 % broken files; ``--mix hostile``: 80 % X-rays + 20 %
+broken and hostile uploads (bombs near the limits, a tall strip, a deflated DICOM bomb, slow clients);
+``--mix both`` runs an all-valid baseline and the hostile mix, each on a fresh server, and compares the
+valid requests' p95. ``--kill-check`` then kills the server with SIGKILL under load, checks
+``PRAGMA integrity_check`` and that the rows equal the acknowledged successes, and restarts it.
+
+    python benchmarks/load.py --clients 50 --requests 100000 --max-seconds 60 --mix both --kill-check \\
+        --runtime onnx --json runs/load.json
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-upload-mb", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--token", default="load-test-token", help="Bearer token the test server requires ('' = none).")
+    p.add_argument("--mix", default="normal", choices=["normal", "hostile", "both"])
+    p.add_argument("--kill-check", action="store_true", help="Also SIGKILL the server under load and check the audit log.")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -64,6 +73,17 @@ def prepare_model(run_dir: Path | None, tmp: Path, runtime: str) -> Path:
     return run_dir
 
 
+def peak_rss_bytes(pid: int) -> int | None:
+    """The process's peak resident set (VmHWM, Linux), or None where /proc is missing."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def start_server(run_dir: Path, args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen, str]:
     from loadtest import free_port
 
@@ -72,7 +92,7 @@ def start_server(run_dir: Path, args: argparse.Namespace, tmp: Path) -> tuple[su
     cmd = [sys.executable, "-c", "from cxrdx.cli import main; main()", "serve", "--model", str(run_dir), "--runtime", args.runtime,
            "--port", str(port), "--database-url", f"sqlite:///{tmp / 'audit.db'}",
            "--max-upload-mb", str(args.max_upload_mb), "--threads", str(args.threads)]
-    log = open(tmp / "server.log", "w")
+    log = open(tmp / "server.log", "a")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -107,6 +127,7 @@ def print_table(report: dict) -> None:
         ("5xx responses", str(report["server_errors_5xx"])),
         ("transport errors", str(report["transport_errors"])),
         ("audit rows added / successes", f"{report['audit_rows_added']} / {report['successes']}"),
+        ("server peak RSS, GB", f"{(report.get('server_peak_rss_bytes') or 0) / 1e9:.2f}"),
     ]
     for r in rows:
         t.add_row(*r)
@@ -114,37 +135,124 @@ def print_table(report: dict) -> None:
     kinds = Table(title="Status by upload kind")
     kinds.add_column("kind")
     kinds.add_column("statuses")
+    kinds.add_column("p50 / p95 / p99 ms", justify="right")
     for kind, counts in report["by_kind"].items():
-        kinds.add_row(kind, ", ".join(f"{s}: {n}" for s, n in counts.items()))
+        q = report["latency_by_kind_ms"].get(kind) or {}
+        kinds.add_row(kind, ", ".join(f"{s}: {n}" for s, n in counts.items()),
+                      f"{q.get('p50', 0):.0f} / {q.get('p95', 0):.0f} / {q.get('p99', 0):.0f}")
     Console().print(kinds)
 
 
+def one_run(run_dir: Path, args: argparse.Namespace, tmp: Path, valid: list, bad: list, valid_share: float) -> dict:
+    from loadtest import run_load
+
+    (tmp / "audit.db").unlink(missing_ok=True)
+    proc, url = start_server(run_dir, args, tmp)
+    try:
+        report = run_load(url, valid, bad, clients=args.clients, total=args.requests, max_seconds=args.max_seconds,
+                          valid_share=valid_share, token=args.token or None).to_dict()
+        report.update(server_peak_rss_bytes=peak_rss_bytes(proc.pid), runtime=args.runtime)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return report
+
+
+def kill_check(run_dir: Path, args: argparse.Namespace, tmp: Path, valid: list, seconds: float = 8.0) -> dict:
+    """SIGKILL the server under load; the audit log must be intact and hold every acknowledged success."""
+    import signal
+    import sqlite3
+    import threading
+
+    (tmp / "audit.db").unlink(missing_ok=True)
+    proc, url = start_server(run_dir, args, tmp)
+    acked, stop = [0], threading.Event()
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+
+    def client(i: int) -> None:
+        with httpx.Client(headers=headers, timeout=60) as c:
+            while not stop.is_set():
+                up = valid[i % len(valid)]
+                try:
+                    if c.post(url + "/v1/predict", files={"file": (up.name, up.data, up.content_type)}).status_code == 200:
+                        acked[0] += 1
+                except httpx.HTTPError:
+                    return
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(min(args.clients, 8))]
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    con = sqlite3.connect(tmp / "audit.db")
+    integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
+    rows = con.execute("SELECT count(*) FROM cxrdx_predictions").fetchone()[0]
+    con.close()
+    proc, url = start_server(run_dir, args, tmp)  # restart on the same database
+    try:
+        after_restart = httpx.get(url + "/v1/predictions", params={"limit": 1}, headers=headers).json()["total"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"integrity_check": integrity, "rows": rows, "acknowledged_successes": acked[0], "in_flight_clients": len(workers),
+            "rows_after_restart": after_restart,
+            "ok": integrity == "ok" and acked[0] <= rows <= acked[0] + len(workers) and after_restart == rows}
+
+
 def main(argv: list[str] | None = None) -> int:
-    from loadtest import bad_uploads, run_load
+    from loadtest import bad_uploads, hostile_uploads
 
     args = parse_args(argv)
+    limit = int(args.max_upload_mb * 1024 * 1024)
+    out: dict = {"runtime": args.runtime, "threads": args.threads, "cpu_count": os.cpu_count(), "mix": args.mix,
+                 "load_average_at_start": os.getloadavg(), "command": " ".join(sys.argv), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         run_dir = prepare_model(args.model, tmp, args.runtime)
         valid = valid_pool(args.images)
-        bad = bad_uploads(int(args.max_upload_mb * 1024 * 1024))
-        proc, url = start_server(run_dir, args, tmp)
-        try:
-            report = run_load(url, valid, bad, clients=args.clients, total=args.requests, max_seconds=args.max_seconds,
-                              valid_share=args.valid_share, token=args.token or None).to_dict()
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    report.update(runtime=args.runtime, threads=args.threads, cpu_count=os.cpu_count(),
-                  load_average_at_end=os.getloadavg(), command=" ".join(sys.argv))
-    print_table(report)
+        runs = {"normal": (bad_uploads(limit), args.valid_share)} if args.mix == "normal" else {}
+        if args.mix == "both":
+            runs["all_valid"] = ([], 1.0)
+        if args.mix in ("hostile", "both"):
+            runs["hostile"] = (bad_uploads(limit) + hostile_uploads(limit), args.valid_share)
+        for name, (bad, share) in runs.items():
+            out["runs"][name] = report = one_run(run_dir, args, tmp, valid, bad, share)
+            print_table(report)
+        if args.kill_check:
+            out["kill_check"] = kill_check(run_dir, args, tmp, valid)
+            print("kill -9 check:", out["kill_check"])
+    out["load_average_at_end"] = os.getloadavg()
+    failures = []
+    for name, r in out["runs"].items():
+        rss = r.get("server_peak_rss_bytes")
+        if r["server_errors_5xx"]:
+            failures.append(f"{name}: {r['server_errors_5xx']} 5xx")
+        if r["transport_errors"]:
+            failures.append(f"{name}: {r['transport_errors']} transport errors under the upload limit")
+        if not r["audit_matches"]:
+            failures.append(f"{name}: audit rows {r['audit_rows_added']} != successes {r['successes']}")
+        if rss is not None and rss >= 2.5e9:
+            failures.append(f"{name}: server peak RSS {rss / 1e9:.2f} GB >= 2.5 GB")
+    if "all_valid" in out["runs"] and "hostile" in out["runs"]:
+        base = out["runs"]["all_valid"]["latency_ms"]["valid"]["p95"]
+        mixed = out["runs"]["hostile"]["latency_ms"]["valid"]["p95"]
+        out["valid_p95_ratio_hostile_vs_all_valid"] = ratio = mixed / base
+        print(f"valid p95: all-valid {base:.0f} ms, hostile mix {mixed:.0f} ms (x{ratio:.2f})")
+        if ratio > 1.5:
+            failures.append(f"valid p95 x{ratio:.2f} of the all-valid run (> 1.5)")
+    if "kill_check" in out and not out["kill_check"]["ok"]:
+        failures.append(f"kill -9 check: {out['kill_check']}")
+    out["failures"] = failures
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
-    ok = report["server_errors_5xx"] == 0 and report["audit_matches"] and report["transport_errors"] == 0
-    print("PASS: 0 5xx, audit rows == successes" if ok else "FAIL")
-    return 0 if ok else 1
+    print("PASS" if not failures else "FAIL: " + "; ".join(failures))
+    return 0 if not failures else 1
 
 
 if __name__ == "__main__":

@@ -59,6 +59,84 @@ def bad_uploads(max_upload_bytes: int, seed: int = 0) -> list[Upload]:
     ]
 
 
+def deflated_dicom_bomb(inflated_bytes: int) -> bytes:
+    """A DICOM file (Deflated Explicit VR Little Endian) whose data set inflates to ``inflated_bytes`` of zeros."""
+    import struct
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    head = io.BytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    size = inflated_bytes - inflated_bytes % 2
+    out = [head.getvalue(), deflate.compress(struct.pack("<HH2sHI", 0x0009, 0x1000, b"OB", 0, size))]
+    zeros = bytes(16 * 1024 * 1024)
+    for start in range(0, size, len(zeros)):
+        out.append(deflate.compress(zeros[: min(len(zeros), size - start)]))
+    out.append(deflate.flush())
+    return b"".join(out)
+
+
+def hostile_uploads(max_upload_bytes: int) -> list[Upload]:
+    """Bombs near the limits, a tall strip and slow clients (issue 11), next to :func:`bad_uploads`.
+
+    ``slow_body`` clients send the headers and half of a valid image, then stall; ``slow_headers``
+    clients send half of their headers and stall: the server must drop both without harm to others."""
+    def png(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    cap = max_upload_bytes - 1024
+    dicom = deflated_dicom_bomb(min(1_500_000_000, cap * 1000))
+    ups = [
+        Upload("b16.png", png(Image.new("I;16", (8000, 7999))), "image/png", "bomb_16bit_near_pixel_limit"),
+        Upload("zeros.png", png(Image.new("L", (8000, 7999))), "image/png", "bomb_8bit_near_pixel_limit"),
+        Upload("tall.png", png(Image.new("L", (16, 3_999_999))), "image/png", "tall_strip"),
+        Upload("bomb.dcm", dicom, "application/dicom", "deflated_dicom_bomb"),
+        Upload("near.png", b"\x89PNG\r\n\x1a\n" + bytes(cap - 8), "image/png", "junk_just_under_upload_limit"),
+        Upload("huge.png", b"\x89PNG\r\n\x1a\n" + b"\0" * (max_upload_bytes + 1), "image/png", "over_upload_limit"),
+        Upload("slow.png", _png(np.full((256, 256), 100, np.uint8)), "image/png", "slow_body"),
+        Upload("slow-headers", b"", "", "slow_headers"),
+    ]
+    return [u for u in ups if len(u.data) <= cap or u.kind == "over_upload_limit"]
+
+
+SLOW_KINDS = ("slow_body", "slow_headers")
+
+
+async def _slow_request(base_url: str, up: Upload, token: str | None, endpoint: str, give_up_s: float = 60.0) -> int | None:
+    """A stalling client on a raw socket: the status the server answered, or None if it just closed."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    try:
+        if up.kind == "slow_headers":
+            writer.write(f"POST {endpoint} HTTP/1.1\r\nHost: {host}\r\n{auth}X-Slow: ".encode())
+        else:
+            part = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n' + up.data
+                    + b"\r\n--b--\r\n")
+            writer.write(f"POST {endpoint} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {len(part)}\r\n"
+                         f"Content-Type: multipart/form-data; boundary=b\r\n\r\n".encode() + part[: len(part) // 2])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), give_up_s)
+        if answer.startswith(b"HTTP/1.1 "):
+            return int(answer[9:12])
+        return None
+    except (ConnectionError, asyncio.TimeoutError):
+        return None
+    finally:
+        writer.close()
+
+
 @dataclass
 class LoadReport:
     clients: int
@@ -75,6 +153,10 @@ class LoadReport:
     """kind -> {status: count}."""
     server_errors_5xx: int
     transport_errors: int
+    """Transport errors of ordinary requests (not slow clients, not over the upload limit): must be 0."""
+    transport_errors_by_kind: dict
+    latency_by_kind_ms: dict
+    """kind -> p50 / p95 / p99 / max / mean."""
     successes: int
     audit_rows_added: int | None
     audit_matches: bool | None
@@ -108,30 +190,35 @@ async def run_load_async(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     results: list[tuple[str, int, float]] = []
-    transport_errors = 0
+    transport: Counter = Counter()
     next_index = 0
     deadline = time.monotonic() + max_seconds
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=max_seconds) as client:
         before = await _audit_total(client)
 
         async def worker() -> None:
-            nonlocal next_index, transport_errors
+            nonlocal next_index
             while time.monotonic() < deadline:
                 if next_index >= len(plan):
                     return
                 up = plan[next_index]
                 next_index += 1
                 t = time.perf_counter()
+                if up.kind in SLOW_KINDS:
+                    status = await _slow_request(base_url, up, token, endpoint)
+                    results.append((up.kind, status or 0, (time.perf_counter() - t) * 1000))  # 0: closed by the server
+                    continue
                 try:
                     resp = await client.post(endpoint, files={"file": (up.name, up.data, up.content_type)})
                     results.append((up.kind, resp.status_code, (time.perf_counter() - t) * 1000))
                 except httpx.HTTPError:
-                    transport_errors += 1
+                    transport[up.kind] += 1
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - start
         after = await _audit_total(client)
+    transport_errors = sum(n for k, n in transport.items() if k != "over_upload_limit")
     statuses = Counter(s for _, s, _ in results)
     by_kind: dict[str, Counter] = {}
     for kind, s, _ in results:
@@ -149,8 +236,10 @@ async def run_load_async(
         status_counts={str(k): v for k, v in sorted(statuses.items())},
         by_kind={k: {str(s): n for s, n in sorted(c.items())} for k, c in sorted(by_kind.items())},
         server_errors_5xx=sum(v for k, v in statuses.items() if k >= 500), transport_errors=transport_errors,
+        transport_errors_by_kind=dict(sorted(transport.items())),
+        latency_by_kind_ms={k: _percentiles([ms for kk, _, ms in results if kk == k]) for k in sorted(by_kind)},
         successes=successes, audit_rows_added=added, audit_matches=None if added is None else added == successes,
-        stopped_by_deadline=len(results) + transport_errors < total, notes=notes,
+        stopped_by_deadline=len(results) + sum(transport.values()) < total, notes=notes,
     )
 
 
@@ -166,11 +255,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def serve_in_thread(app, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0):
-    """Run ``app`` under uvicorn in a background thread; yields the base URL and stops the server after."""
+    """Run ``app`` under uvicorn in a background thread, configured as ``cxrdx serve`` runs it (header and
+    keep-alive timeouts from ``app.state.settings``); yields the base URL and stops the server after."""
     import uvicorn
 
+    from cxrdx.serve.server import server_config
+
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(app, app.state.settings, host=host, port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     start = time.monotonic()

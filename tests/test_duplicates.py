@@ -44,10 +44,6 @@ def _write(root, df: pd.DataFrame):
     return path
 
 
-def _parts_by_picture(parts, column: str = "image") -> list[set]:
-    return [set(part[column]) for part in parts]
-
-
 def test_every_row_copied_under_another_patient_never_leaks(tmp_path):
     """Finding 4: rows duplicated under patient_id + '-copy' put 73 of 79 test images in train/val."""
     df = make_dataset(tmp_path)

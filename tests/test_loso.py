@@ -59,7 +59,7 @@ def test_sources_below_the_minimum_are_skipped_and_listed(cxr3):
     assert not set(cxr3["source"].iloc[tested]) & {"jsrt", "figure1"}
     used = np.concatenate([np.r_[train, val] for train, val, _ in plan.folds])
     assert {"jsrt", "figure1"} <= set(cxr3["source"].iloc[used])  # skipped sources still train the other folds
-    with pytest.raises(ConfigError, match="min_source_images"):
+    with pytest.raises(ConfigError, match="min_source_images = 5000"):
         source_plan(cxr3, min_images=5000)
 
 

@@ -170,3 +170,6 @@ def test_cli_predict_writes_masks_and_reports_bad_file(tiny_run, lungseg_root, t
     assert written.size == Image.open(image).size and set(np.unique(np.asarray(written))) <= {0, 255}
     table = pd.read_csv(out / "lungs.csv", keep_default_na=False)
     assert len(table) == 2 and table.loc[1, "error"] != ""
+    res = CliRunner().invoke(app, ["lungs", "evaluate", str(run_dir), "--bootstrap", "100"])
+    assert res.exit_code == 0, res.output
+    assert "Dice" in res.output and (run_dir / "evaluation.json").is_file()

@@ -180,26 +180,11 @@ class ServeConfig:
                      "body_timeout_s", "body_idle_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"serve.{name}: {getattr(self, name)} is out of range; it must be positive")
-        for item in self.proxy_list():
+        for item in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ConfigError(f"serve.trusted_proxies: {item[:60]!r} is not an IP address or network") from None
-
-    def proxy_list(self) -> list[str]:
-        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
-
-    def check_exposure(self) -> None:
-        """Refuse to listen beyond loopback without a token, unless ``insecure_no_auth`` says so."""
-        import ipaddress
-
-        try:
-            loopback = self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback and self.api_token() is None and not self.insecure_no_auth:
-            raise ConfigError(f"refusing to serve on {self.host} without a token: set {self.token_env}, "
-                              "or pass --insecure-no-auth to expose the audit log to anyone who can connect")
 
 
 @dataclass

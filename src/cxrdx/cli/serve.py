@@ -19,23 +19,34 @@ def serve(
     database_url: Optional[str] = typer.Option(None, "--database-url", help="Audit log SQLAlchemy URL (default: SQLite under $CXRDX_HOME)."),
     max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", help="Larger uploads get 413 (default 20)."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: all cores)."),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                          help="Allow a non-loopback --host without CXRDX_API_TOKEN (anyone who can connect reads the audit log)."),
+    trusted_proxy: Optional[list[str]] = typer.Option(None, "--trusted-proxy",
+                                                      help="IP or CIDR of a reverse proxy whose X-Forwarded-For is believed (repeatable)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Serve the model: POST /v1/predict, /v1/explain, GET /v1/models, /v1/predictions, /healthz, web page at /.
 
-    Set CXRDX_API_TOKEN to require `Authorization: Bearer <token>` on every /v1 route.
+    Set CXRDX_API_TOKEN to require `Authorization: Bearer <token>` on every /v1 route (required, unless
+    --insecure-no-auth, when --host is not a loopback address).
     """
-    import uvicorn
-
+    from ..config import ConfigError
     from ..serve.app import create_app
+    from ..serve.server import check_exposure, run_server
+
+    if max_upload_mb is not None and not 1 <= max_upload_mb * 1024 * 1024 < 2**62:
+        raise ConfigError(f"--max-upload-mb: {max_upload_mb:g} is out of range; it must be positive")
 
     cfg = build_config(config, overrides, **{
         "serve.model_dir": model_dir, "serve.host": host, "serve.port": port, "serve.runtime": runtime,
         "serve.database_url": database_url, "serve.threads": threads,
-        "serve.max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb else None,
+        "serve.max_upload_bytes": int(max_upload_mb * 1024 * 1024) if max_upload_mb is not None else None,
+        "serve.insecure_no_auth": True if insecure_no_auth else None,
+        "serve.trusted_proxies": ",".join(trusted_proxy) if trusted_proxy else None,
     })
     s = cfg.serve
+    check_exposure(s)  # before the model is loaded
     app = create_app(s, data_cfg=cfg.data)
     service, audit = app.state.service, app.state.audit
     console.print(f"serving [bold]{service.identity.id}[/] {service.identity.version} ({s.runtime}) from {s.model_dir}")
@@ -43,7 +54,7 @@ def serve(
                   f"token: {'required' if s.api_token() else 'not required (set ' + s.token_env + ')'}")
     console.print(f"web page http://{s.host}:{s.port}/  docs http://{s.host}:{s.port}/docs")
     console.print("[dim]Research tool, not a diagnosis.[/]")
-    uvicorn.run(app, host=s.host, port=s.port, log_level="info")
+    run_server(app, s)
 
 
 @friendly_errors

@@ -134,16 +134,13 @@ def demo(
         + ", ".join(f"{k} {v['images']} images / {v['patients']} patients" for k, v in s.items())
     )
     _print_outcome(outcome.metrics, "Held-out test patients")
-    m = outcome.metrics
-    ci = m.get("ci", {})
+    from ..evaluation.results import PooledMetrics
 
-    def _ci(values) -> str:
-        return f" [{values[0]:.3f}, {values[1]:.3f}]" if values and values[0] is not None else ""
-
-    console.print(f"[bold]test accuracy {m['accuracy']:.3f}{_ci(ci.get('accuracy'))}[/] (95% CI, patient bootstrap); " + "; ".join(
-        f"{c}: sensitivity {v['sensitivity']:.3f}{_ci(ci.get('per_class', {}).get(c, {}).get('sensitivity'))}, "
-        f"specificity {v['specificity']:.3f}{_ci(ci.get('per_class', {}).get(c, {}).get('specificity'))}"
-        for c, v in m["per_class"].items()
+    m = PooledMetrics.of(outcome.metrics)  # an undefined rate prints "undefined", never a crash or 0.000
+    console.print(f"[bold]test accuracy {m.accuracy.text()}[/] (95% CI, patient bootstrap); " + "; ".join(
+        f"{c}: sensitivity {m.per_class(c, 'sensitivity').text(missing='undefined')}, "
+        f"specificity {m.per_class(c, 'specificity').text(missing='undefined')}"
+        for c in m.class_names
     ))
     console.print(f"wrote {outcome.run_dir / 'metrics.json'} in {outcome.timings['total_s']:.0f} s")
     console.print("[dim]Research tool, not a diagnosis. Covid and normal images come from different sources; see `cxrdx report` for the source-confounding check.[/]")

@@ -73,7 +73,7 @@ class DuplicateReport:
 
 def _stat_key(path: str) -> str:
     st = os.stat(path)
-    return f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
+    return f"{path}\n{st.st_size}\n{st.st_mtime_ns}"
 
 
 def file_digest(path: str | Path) -> str:
@@ -129,11 +129,16 @@ def image_signatures(paths: list[str], cache_dir: Path | None = None) -> tuple[l
     dirty = False
     digests, thumbs = [], []
     for path in paths:
-        key = _stat_key(path)
-        sha = by_stat.get(key)
-        if sha is None:
-            sha, dirty = file_digest(path), True
-            by_stat[key] = sha
+        try:
+            key = _stat_key(path)
+            sha = by_stat.get(key)
+            if sha is None:
+                sha, dirty = file_digest(path), True
+                by_stat[key] = sha
+        except OSError:  # unreadable: no signature (the image reader reports it when the row is used)
+            digests.append(f"unreadable:{path}")
+            thumbs.append(None)
+            continue
         thumb = by_sha.get(sha)
         if thumb is None:
             thumb = thumbnail(path)

@@ -101,8 +101,9 @@ def source_plan(df: pd.DataFrame, min_images: int = 30, seed: int = 42, val_frac
         plan.sources.append(source)
         plan.removed.append(int(linked.sum() - len(test)))
     if not plan.folds:
-        raise ConfigError(f"no source has at least {min_images} images (evaluation.min_source_images): "
-                          f"{dict(counts)}; leave-one-source-out needs two or more sources")
+        why = "; ".join(f"{s['source']} ({s['n_images']} images): {s['reason']}" for s in plan.skipped)
+        raise ConfigError(f"leave-one-source-out found no source to hold out (evaluation.min_source_images = {min_images}; "
+                          f"it needs two or more sources): {why}")
     return plan
 
 

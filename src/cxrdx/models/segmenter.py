@@ -13,6 +13,7 @@ after :func:`export_onnx`, ``segmenter.onnx``.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -196,7 +197,8 @@ def export_onnx(model: LungSegmenter, run_dir: str | Path, *, opset: int = 17, a
     model = model.eval()
     example = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     tmp = path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
         torch.onnx.export(
             model, (example,), str(tmp), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -14,47 +14,30 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import anyio
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from .. import __version__ as cxrdx_version
 from ..config import DataConfig, ServeConfig
-from ..data.io import ImageReadError
 from .audit import AuditLog
-from .auth import token_guard
+from .auth import TokenAuth, token_guard
+from .errors import install_error_handlers
 from .limits import MULTIPART_SLACK, BodySizeLimit
 from .schemas import (
     AuditEntry, AuditRecord, ErrorResponse, ExplainResponse, HealthResponse, ModelDescription, ModelsResponse,
     PredictionsPage, PredictResponse,
 )
+from .server import client_address
 from .service import ModelService
 
 STATIC_DIR = Path(__file__).parent / "static"
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 415, 422, 503)}
-
-
-def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ImageReadError)
-    async def bad_image(_: Request, exc: ImageReadError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, str(exc))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, dict) else {"code": f"http_{exc.status_code}", "message": str(exc.detail)}
-        return _error(exc.status_code, detail.get("code", "error"), detail.get("message", ""), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return _error(422, "invalid_request", problems or "invalid request")
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 500, 503)}
+MAX_OFFSET = 10**9
+"""``GET /v1/predictions?offset=`` above this is a 422 (a database cannot take any integer)."""
 
 
 def create_app(
@@ -65,9 +48,13 @@ def create_app(
     data_cfg: DataConfig | None = None,
 ) -> FastAPI:
     settings = settings or ServeConfig()
+    settings.check()
+    token = settings.api_token()
     service = service or ModelService(settings, data_cfg)
     audit = audit or AuditLog(settings.resolved_database_url())
-    require_token = token_guard(settings.api_token())
+    require_token = token_guard(token)
+    decode_slots = anyio.Semaphore(settings.max_concurrent_decodes)
+    model_turn = anyio.Lock()
 
     app = FastAPIOffline(
         title="cxrdx", version=cxrdx_version,
@@ -75,8 +62,11 @@ def create_app(
                     "Research tool, not a diagnosis. Every prediction is recorded in an audit log.",
     )
     app.state.service, app.state.audit, app.state.settings = service, audit, settings
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
-    _install_error_handlers(app)
+    max_body = settings.max_upload_bytes + MULTIPART_SLACK
+    app.add_middleware(BodySizeLimit, max_body_bytes=max_body, body_timeout_s=settings.body_timeout_s,
+                       idle_timeout_s=settings.body_idle_timeout_s)
+    app.add_middleware(TokenAuth, expected=token, max_drain_bytes=max_body, drain_timeout_s=settings.body_timeout_s)  # outermost
+    install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def describe() -> ModelDescription:
@@ -101,13 +91,32 @@ def create_app(
             runtime=service.runtime if endpoint == "predict" else "torch",
             input_sha256=hashlib.sha256(data).hexdigest(), input_bytes=len(data), predicted=predicted,
             probabilities=probabilities, latency_ms=latency_ms,
-            client=request.client.host if request.client else "unknown",
+            client=client_address(request.client.host if request.client else None,
+                                  request.headers.get("x-forwarded-for"), settings.trusted_proxies),
         )
         try:
             await run_in_threadpool(audit.record, entry)
         except Exception as exc:  # noqa: BLE001 - an unrecorded prediction must not be served
             raise HTTPException(503, detail={"code": "audit_unavailable",
                                              "message": f"the audit log could not record this prediction ({type(exc).__name__})"}) from None
+
+    async def prepared(fn, data: bytes):
+        """``fn(data)`` (decode + preprocess) in a worker thread once one of the decode slots is free."""
+        try:
+            with anyio.fail_after(settings.decode_wait_s):
+                await decode_slots.acquire()
+        except TimeoutError:
+            raise HTTPException(503, detail={"code": "server_busy", "message": "too many uploads are being decoded; retry shortly"},
+                                headers={"Retry-After": "2"}) from None
+        try:
+            return await run_in_threadpool(fn, data)
+        finally:
+            decode_slots.release()
+
+    async def in_model_turn(fn, *args):
+        """The model call, one at a time; waiting for it holds no worker thread."""
+        async with model_turn:
+            return await run_in_threadpool(fn, *args)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -131,8 +140,8 @@ def create_app(
         """Class probabilities for one uploaded X-ray."""
         start = time.perf_counter()
         data = await read_upload(file)
-        grey = await run_in_threadpool(service.decode, data)
-        scored = await run_in_threadpool(service.predict, grey)
+        x = await prepared(service.prepare, data)
+        scored = await in_model_turn(service.score, x)
         latency_ms = (time.perf_counter() - start) * 1000
         await record("predict", request, data, scored.probabilities, scored.predicted, latency_ms)
         return PredictResponse(
@@ -152,8 +161,8 @@ def create_app(
             raise HTTPException(501, detail={"code": "explain_unavailable", "message": "Grad-CAM is not installed"})
         start = time.perf_counter()
         data = await read_upload(file)
-        grey = await run_in_threadpool(service.decode, data)
-        exp = await run_in_threadpool(service.explain, grey, method)
+        grey = await prepared(service.prepare_for_explain, data)
+        exp = await in_model_turn(service.explain, grey, method)
         buf = io.BytesIO()
         exp.overlay.save(buf, format="PNG")
         latency_ms = (time.perf_counter() - start) * 1000
@@ -165,7 +174,7 @@ def create_app(
         )
 
     @app.get("/v1/predictions", response_model=PredictionsPage, tags=["audit"], **v1)
-    async def predictions(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> PredictionsPage:
+    async def predictions(limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET)) -> PredictionsPage:
         """The audit log, newest first: time, model, input SHA-256, probabilities, latency, client."""
         rows = await run_in_threadpool(audit.latest, limit, offset)
         total = await run_in_threadpool(audit.count)

@@ -81,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
             code, message = exc.detail.get("code", STATUS_CODES.get(status, "error")), exc.detail.get("message", "")
         else:
             code, message = STATUS_CODES.get(status, f"http_{status}"), str(exc.detail)
-        if status == 400 and "pars" in message.lower():
+        if status == 400 and ("pars" in message.lower() or "multipart" in message.lower()):
             code = "malformed_request"
         return json_error(status, code, message, getattr(exc, "headers", None))
 

@@ -1,8 +1,9 @@
 """The model behind the server: decode an upload once, predict (torch or ONNX Runtime), explain with Grad-CAM.
 
-Decoding runs in parallel in the server's worker threads; the model call is
-serialised by a lock (one inference at a time uses all intra-op threads, which
-on a small CPU server beats running several at once).
+:meth:`ModelService.prepare` (decode + resize + normalise) runs in the server's worker threads, at most
+``serve.max_concurrent_decodes`` at once (the app holds the slots); only the model call itself is
+serialised by a lock (one inference at a time uses all intra-op threads, which on a small CPU server
+beats running several at once). So a slow or hostile decode never delays another user's model call.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..config import DataConfig, ServeConfig
+from ..config import DataConfig, ExplainConfig, ServeConfig
 from ..data.io import ImageReadError, ReadLimits, read_image
 from ..inference.predictor import Predictor
 from ..inference.runtimes import RUNTIMES, create_predictor
@@ -33,7 +35,7 @@ class ModelService:
         data_cfg = data_cfg or DataConfig()
         self.run_dir = Path(cfg.model_dir)
         self.runtime = cfg.runtime
-        self.limits = ReadLimits(max_pixels=data_cfg.max_pixels, max_file_bytes=cfg.max_upload_bytes)
+        self.limits = ReadLimits.from_config(data_cfg, max_file_bytes=cfg.max_upload_bytes)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.model = load_run(self.run_dir)  # also for Grad-CAM, which always runs on torch
@@ -64,11 +66,30 @@ class ModelService:
         except Exception as exc:  # noqa: BLE001 - a decoder crashing on hostile bytes is still a bad input
             raise ImageReadError(f"cannot decode the image ({type(exc).__name__})", source="upload") from None
 
-    def predict(self, grey: np.ndarray) -> Scored:
+    def prepare(self, data: bytes) -> torch.Tensor:
+        """Upload bytes -> the model's ``3xSxS`` input (decode + resize + normalise; no lock held)."""
+        return self.predictor.tensor(self.decode(data))
+
+    def prepare_for_explain(self, data: bytes) -> np.ndarray:
+        """Upload bytes -> greyscale no larger than the overlay (Grad-CAM maps are made at this size)."""
+        grey = self.decode(data)
+        side = ExplainConfig().overlay_max_side
+        h, w = grey.shape
+        if max(h, w) > side:
+            scale = side / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
+        return grey
+
+    def score(self, x: torch.Tensor) -> Scored:
+        """The model call on one prepared input: the only step that holds the model lock."""
         with self._model_lock:
-            probs = self.predictor.predict_arrays([grey])[0]
+            probs = self.predictor.probabilities(x[None])[0]
         classes = self.classes
         return Scored({c: float(p) for c, p in zip(classes, probs)}, classes[int(np.argmax(probs))])
+
+    def predict(self, grey: np.ndarray) -> Scored:
+        return self.score(self.predictor.tensor(grey))
 
     def explain(self, grey: np.ndarray, method: str = "gradcam"):
         """Grad-CAM on the torch model (the explanation's probabilities are the torch model's)."""
