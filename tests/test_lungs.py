@@ -91,12 +91,24 @@ def test_predict_reports_corrupt_file_and_continues(tmp_path, blind_model):
     results = LungPredictor(blind_model, batch_size=2).predict_paths([good, corrupt, other])
     assert [r.source.rsplit("/", 1)[-1] for r in results] == ["good.png", "corrupt.png", "other.png"]
     assert results[1].mask is None and results[1].error.code == "corrupt_image"
-    assert results[0].ok and results[0].mask.shape == (80, 96)
+    assert results[0].ok and results[0].mask.shape == (80, 96)  # everything lung, fully confident
     assert results[2].ok and results[2].mask.shape == (70, 50)
 
 
-def test_blank_image_gives_no_lungs_signal(blind_model):
-    result = LungPredictor(blind_model).predict_sources([("blank", np.zeros((90, 90), np.uint8))])[0]
+@pytest.mark.parametrize("bias", [-20.0, 20.0])
+def test_blank_image_gives_no_lungs_signal(blind_model, bias):
+    """No lung painted, or lung painted everywhere on an image without any contrast: both say "no lungs"."""
+    with torch.no_grad():
+        blind_model.unet.segmentation_head[0].bias.fill_(bias)
+    predictor = LungPredictor(blind_model)
+    result = predictor.predict_sources([("blank", np.full((90, 90), 128, np.uint8))])[0]
+    assert not result.found and isinstance(result.error, NoLungsError) and result.error.code == "no_lungs"
+    checked = predictor.predict_results([np.zeros((50, 60), np.uint8)], names=["black"])[0]
+    assert checked.error.code == "no_lungs" and checked.mask.shape == (50, 60)
+
+
+def test_no_lung_region_gives_no_lungs_signal(blind_model):
+    result = LungPredictor(blind_model).predict_sources([("xray", make_xray((90, 90)))])[0]
     assert not result.found and isinstance(result.error, NoLungsError)
     assert result.mask is not None and not result.mask.any()
     assert result.to_dict()["error"]["code"] == "no_lungs"

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from .registry import UnknownNameError, get_registry
-from .tasks import TRAINING_TASKS, get_task
+from .tasks import MODALITIES, TRAINING_TASKS, get_task
 
 
 def default_data_root() -> Path:
@@ -69,6 +69,20 @@ class DataConfig:
     """Long side / short side above this is refused (no radiograph is a 16 x 4,000,000 strip)."""
     cache_dir: str | None = None
     """Feature cache; None -> $CXRDX_CACHE or ~/.cache/cxrdx."""
+    roi: str = "full"
+    """Region of interest the classifier sees (train, cv, compare, predict, explain, serve, ONNX alike):
+    ``full`` (whole image), ``lung_crop`` (the lungs' bounding box from the ``lung_model`` segmenter, grown
+    by ``roi_margin``) or ``lung_mask`` (that crop, outside the dilated lungs greyed out). Recorded in
+    ``model.json``; no lungs found -> the whole image, flagged ``roi_fallback`` in the output."""
+    intensity: str = "none"
+    """Grey-level normalisation of the region: ``none``, ``equalize`` (histogram) or ``clahe``."""
+    roi_margin: float = 0.05
+    """Lung box margin on each side as a share of the box's size (also the ``lung_mask`` dilation)."""
+    lung_model: str | None = None
+    """Lung segmenter run folder (``cxrdx lungs train``), needed when ``roi`` is not ``full``."""
+    modality: str | None = None
+    """``xray`` or ``ct``: recorded in ``model.json``; with a ``modality`` manifest column, keeps only those rows.
+    None -> the manifest's ``modality`` column (``xray+ct`` when it holds both) or ``xray``."""
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -408,6 +422,8 @@ REGISTERED_NAMES: dict[str, str] = {
     "evaluation.heads": "heads",
     "evaluation.backbones": "backbones",
     "evaluation.baselines": "baselines",
+    "data.roi": "rois",
+    "data.intensity": "intensities",
 }
 
 
@@ -415,6 +431,8 @@ def validate(cfg: Config) -> Config:
     """Check every name in ``cfg`` against its registry (and the task list) before any data is read."""
     if cfg.data.task not in TRAINING_TASKS:
         raise ConfigError(f"data.task: unknown task {cfg.data.task!r}; choose one of: {', '.join(TRAINING_TASKS)}")
+    if cfg.data.modality is not None and cfg.data.modality not in MODALITIES:
+        raise ConfigError(f"data.modality: unknown modality {cfg.data.modality!r}; choose one of: {', '.join(MODALITIES)}")
     for dotted, kind in REGISTERED_NAMES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -440,6 +458,11 @@ def _check_ranges(cfg: Config) -> None:
         if value < lo or (hi is not None and value > hi):
             span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ConfigError(f"{dotted}: {value} is out of range; it must be {span}")
+    if not 0 <= cfg.data.roi_margin <= 1:
+        raise ConfigError(f"data.roi_margin: {cfg.data.roi_margin} is out of range; it must be between 0 and 1")
+    if cfg.data.roi != "full" and not cfg.data.lung_model:
+        raise ConfigError(f"data.roi={cfg.data.roi} needs data.lung_model: a lung segmenter run folder "
+                          "(`cxrdx lungs train`)")
     cfg.serve.check()
     if cfg.serve.database_url:
         _check_database_url(cfg.serve.database_url)

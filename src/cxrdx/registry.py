@@ -30,6 +30,8 @@ PROVIDERS: dict[str, str] = {
     "benchmarks": "cxrdx.evaluation.benchmark",
     "baselines": "cxrdx.evaluation.baselines",
     "sources": "cxrdx.data.fetch.sources",
+    "rois": "cxrdx.features.roi",
+    "intensities": "cxrdx.features.roi",
 }
 
 _REGISTRIES: dict[str, "Registry"] = {}

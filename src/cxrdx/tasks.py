@@ -14,6 +14,10 @@ from .registry import UnknownNameError
 COVID, PNEUMONIA, NORMAL, NON_COVID = "covid", "pneumonia", "normal", "non-covid"
 LABELS = (COVID, PNEUMONIA, NORMAL)
 """Labels a manifest row may carry."""
+LABEL_ALIASES: dict[str, str] = {"noncovid": NON_COVID, "non_covid": NON_COVID, "non covid": NON_COVID}
+"""Spellings of the task vocabulary in other datasets (e.g. ct2's ``noncovid``): lower-cased key -> label."""
+MODALITIES = ("xray", "ct")
+"""Imaging modalities a model may be trained on (``model.json`` records one)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 # one module per stage; each defines register(app)
-COMMAND_MODULES = ("train", "explain", "serve", "data", "series", "evaluation", "listing", "dicom", "pacs", "lungs")
+COMMAND_MODULES = ("train", "explain", "serve", "data", "series", "evaluation", "listing", "dicom", "pacs", "lungs", "guard")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)

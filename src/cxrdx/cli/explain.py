@@ -95,8 +95,12 @@ def explain(
     used: set[str] = set()
     done, bad = [], 0
     explainer = Explainer(model, method, limits=limits, settings=cfg.explain)
+    from ..inference.guard import check_image, load_screen
+
+    screen = load_screen(model_dir, model)  # the run's input guard (None without one): refused images are skipped
     for path in expand_paths(images):
         try:
+            check_image(screen, path, limits)
             exp = explainer(path, target)
         except ImageReadError as exc:
             err_console.print(f"[yellow]skipped[/] {exc}")

@@ -95,7 +95,8 @@ def predict(
             bbox = " ".join(map(str, r["bbox"])) if "bbox" in r else ""
             writer.writerow([r["source"], r.get("mask", ""), frac, bbox, r.get("error", {}).get("code", "")])
     ok = sum(r.ok for r in results)
-    console.print(f"{ok}/{len(results)} lung masks written to {escape(str(out))} (summary: lungs.csv)")
+    console.print(f"lungs found in {ok}/{len(results)} images; {len(used)} mask PNGs written to {escape(str(out))} "
+                  f"(summary with errors: lungs.csv)")
     if ok < len(results):
         raise typer.Exit(1)
 
@@ -117,6 +118,7 @@ def evaluate(
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Patient bootstrap resamples for the 95% CIs."),
 ) -> None:
     """Dice and IoU on the run's held-out patients, overall and per source, with patient-bootstrap 95% CIs."""
+    from rich.console import Console
     from rich.table import Table
 
     from ..evaluation.segmentation import evaluate_segmenter
@@ -133,7 +135,7 @@ def evaluate(
             continue
         table.add_row(f"[bold]{name}[/]" if name == "all" else name, str(b["dice"]["n"]), str(b["dice"]["patients"]),
                       _cell(b["dice"]), _cell(b["iou"]), _cell(b["baseline_dice"]))
-    console.print(table)
+    Console(width=max(console.width, 120), soft_wrap=True).print(table)  # never squeeze the CIs
     if s["no_lungs"]:
         console.print(f"[yellow]{s['no_lungs']} image(s) where no lungs were found[/]")
     for f in s["failures"]:

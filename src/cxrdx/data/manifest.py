@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tasks import CLASSES_3, COVID, LABELS, NORMAL, PNEUMONIA, Task
+from ..tasks import CLASSES_3, COVID, LABEL_ALIASES as TASK_LABEL_ALIASES, LABELS, NORMAL, PNEUMONIA, Task
 from .duplicates import DuplicateLabelError, resolve_duplicates
 from .paths import IMAGE_SUFFIXES
 
@@ -25,6 +25,7 @@ LABEL_ALIASES = {
     "covid-19": COVID, "covid19": COVID, "covid": COVID, "positive": COVID,
     "pneumonia": PNEUMONIA, "viral pneumonia": PNEUMONIA, "bacterial pneumonia": PNEUMONIA,
     "normal": NORMAL, "no finding": NORMAL, "no_finding": NORMAL, "no-finding": NORMAL, "negative": NORMAL,
+    **TASK_LABEL_ALIASES,
 }
 
 

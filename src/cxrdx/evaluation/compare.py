@@ -87,14 +87,17 @@ def _finetune_cfg(cfg: Config) -> Config | None:
 
 def config_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, *, variant: str = "plain", image_fn=None,
                 image_size: int | None = None, progress: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
-    """The one place this module gets features: ``cfg``'s data settings (size, weights; ROI once it lands)."""
+    """The one place this module gets features: ``cfg``'s data settings (size, weights, region of interest)."""
+    from ..features.roi import RegionOfInterest
+
     return feature_maps(manifest, cfg.data.resolved_cache_dir(), backbone=backbone, weights=cfg.model.weights,
-                        image_size=image_size or cfg.data.image_size, variant=variant, image_fn=image_fn, progress=progress)
+                        image_size=image_size or cfg.data.image_size, variant=variant, image_fn=image_fn,
+                        roi=RegionOfInterest.from_config(cfg.data), progress=progress)
 
 
 def roi_of(cfg: Config) -> str:
-    """The region-of-interest setting the features were made with (``full`` until ``data.roi`` exists)."""
-    return str(getattr(cfg.data, "roi", "full"))
+    """The region-of-interest setting the features were made with (``data.roi``, plus ``data.intensity`` if set)."""
+    return cfg.data.roi if cfg.data.intensity == "none" else f"{cfg.data.roi}+{cfg.data.intensity}"
 
 
 CONTROLS = {

@@ -25,6 +25,7 @@ from sklearn.metrics import f1_score, log_loss
 from ..config import Config, ConfigError, EvalConfig, ModelConfig, TrainConfig
 from ..data.io import ReadLimits
 from ..data.splits import assert_no_patient_leakage, kfold_indices
+from ..features.roi import RoiSetting, record_setting
 from ..inference.predictor import Predictor
 from ..models.factory import create_model
 from ..models.heads import HEADS, create_head
@@ -167,6 +168,7 @@ def _fit_finetuned(cand, maps, y, train, val, test, classes, cfg: Config, rows: 
     head, info = _train_fold_head(cand, maps, y, train, val, len(classes), cfg.model, head_train_config(cfg.train, cfg.evaluation))
     model = create_model(cand.backbone, cand.head, weights=cfg.model.weights, classes=list(classes), hidden=cfg.model.hidden,
                          proj_dim=cfg.model.proj_dim, dropout=cfg.model.dropout, image_size=cand.image_size)
+    record_setting(model.info, RoiSetting.from_config(cfg.data))  # fine-tune and score on the features' region
     model.head.load_state_dict(head.state_dict())
     with tempfile.TemporaryDirectory(prefix="cxrdx-cv-finetune-") as tmp:
         ft = finetune(model, rows.iloc[train].reset_index(drop=True), rows.iloc[val].reset_index(drop=True), cfg, tmp, progress=False)

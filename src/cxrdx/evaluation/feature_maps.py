@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..features.cache import extract_features
+from ..features.roi import RegionOfInterest
 from ..models.factory import create_model
 from ..models.hybrid import HybridModel
 from ..models.weights import WeightsUnavailableError
@@ -40,11 +41,13 @@ def feature_maps(
     image_size: int = 224,
     variant: str = "plain",
     image_fn: Callable | None = None,
+    roi: RegionOfInterest | None = None,
     progress: bool = True,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """``[N, C, S/32, S/32]`` float16 maps and the rows that could be read (unreadable rows are dropped)."""
+    """``[N, C, S/32, S/32]`` float16 maps and the rows that could be read (unreadable rows are dropped).
+    ``roi``: the region of interest (None = the whole image)."""
     model = backbone_model(backbone, weights, image_size)
-    fs = extract_features(model, manifest, cache_dir, variant=variant, image_fn=image_fn, progress=progress)
+    fs = extract_features(model, manifest, cache_dir, variant=variant, image_fn=image_fn, roi=roi, progress=progress)
     return fs.features, fs.manifest
 
 

@@ -2,8 +2,11 @@
 
 The target layer is the backbone's last convolutional stage
 (``BackboneSpec.target_layer``); the class score is back-propagated through
-the RNN head to it. The model sees the whole image squashed to ``S x S`` (no
-crop), so the ``S x S`` CAM is resized back to the original ``H x W``.
+the RNN head to it. The model sees its region of interest (``data.roi`` it was
+trained with: the whole image, or the lungs' box) squashed to ``S x S``; the
+``S x S`` CAM is computed in that frame, resized to the region and placed in
+the original ``H x W`` image (zero outside the region), so overlays and lung
+scores are always in the original image's frame.
 
 :class:`Explainer` follows pytorch-grad-cam's ``BaseCAM(model, target_layers)(input, targets)``:
 configure it once for a model and a method (:data:`~cxrdx.explain.methods.CAM_METHODS`), then call it
@@ -29,6 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from ..config import ExplainConfig
 from ..data.io import ReadLimits, read_image
 from ..data.transforms import build_transform, preprocess
+from ..features.roi import RegionOfInterest, RoiInfo
 from ..models.hybrid import HybridModel
 from ..models.outputs import probabilities
 from .methods import CAM_METHODS
@@ -54,6 +58,8 @@ class Explanation:
     """Class whose score the heatmap explains (the predicted one unless asked otherwise)."""
     method: str = "gradcam"
     files: dict[str, Path] = field(default_factory=dict)
+    roi: RoiInfo | None = None
+    """The region the model saw (its box in the original image); None for whole-image models."""
 
     @property
     def peak(self) -> tuple[int, int]:
@@ -75,6 +81,7 @@ class Explanation:
             "predicted": self.predicted, "probabilities": self.probabilities, "target": self.target,
             "method": self.method, "height": int(self.heatmap.shape[0]), "width": int(self.heatmap.shape[1]),
             "peak": {"row": self.peak[0], "col": self.peak[1]},
+            **({"roi": self.roi.to_dict()} if self.roi is not None else {}),
             **({"files": {k: str(v) for k, v in self.files.items()}} if self.files else {}),
         }
 
@@ -117,8 +124,9 @@ class Explainer:
     """
 
     def __init__(self, model: HybridModel, method: str = "gradcam", *, limits: ReadLimits | None = None,
-                 settings: ExplainConfig | None = None):
+                 settings: ExplainConfig | None = None, roi: RegionOfInterest | None = None):
         self.model = model
+        self.roi = roi if roi is not None else RegionOfInterest.from_model_info(model.info)
         self.method = CAM_METHODS.get(method)
         self.limits = limits
         self.settings = settings or ExplainConfig()
@@ -127,12 +135,16 @@ class Explainer:
     def __call__(self, image: np.ndarray | str | Path | bytes, target: str | int | None = None) -> Explanation:
         model = self.model
         grey = as_grey(image, self.limits)
-        x = preprocess(grey, self.transform)[None].to(next(model.parameters()).device)
+        region, where = (grey, None) if self.roi.is_identity else self.roi(grey)
+        x = preprocess(region, self.transform)[None].to(next(model.parameters()).device)
         probs = self.predict(x)
         idx = _class_index(model, target, probs)
         small = self.cam(x, idx)
         h, w = grey.shape
-        heatmap = np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+        if where is None:
+            heatmap = np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+        else:  # CAM of the region -> the original frame
+            heatmap = np.clip(RegionOfInterest.to_original(small, where), 0.0, 1.0).astype(np.float32)
         classes = model.classes
         predicted = classes[int(np.argmax(probs))]
         caption = f"predicted {predicted} {probs.max():.0%}  |  {self.method.display} for {classes[idx]}"
@@ -141,7 +153,7 @@ class Explainer:
         return Explanation(
             heatmap=heatmap, overlay=overlay, predicted=predicted,
             probabilities={c: float(p) for c, p in zip(classes, probs)}, image=grey, target=classes[idx],
-            method=self.method.name,
+            method=self.method.name, roi=where,
         )
 
     def predict(self, x: torch.Tensor) -> np.ndarray:

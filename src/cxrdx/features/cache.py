@@ -1,7 +1,7 @@
 """Frozen-backbone feature cache.
 
 The backbone's ``C x 7 x 7`` map of every image is computed once and stored on
-disk under a key made of (backbone, weights, image size, variant); each image's
+disk under a key made of (backbone, weights, image size, variant, region of interest); each image's
 entry is named by the SHA-1 of its file's bytes, so any subset of a dataset
 (benchmark rows, folds, a user's own CSV) reuses what is already there. Heads,
 folds and model comparisons then train in seconds.
@@ -23,6 +23,7 @@ from ..data.io import ImageReadError, ReadLimits, read_image
 from ..data.transforms import build_transform, preprocess
 from ..models.hybrid import HybridModel
 from ..progress import progress_bar
+from .roi import RegionOfInterest
 
 CACHE_VERSION = "v1"
 
@@ -31,8 +32,9 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def cache_key(backbone: str, weights_tag: str, image_size: int, variant: str = "plain") -> str:
-    return f"{CACHE_VERSION}__{backbone}__{weights_tag}__{image_size}__{variant}"
+def cache_key(backbone: str, weights_tag: str, image_size: int, variant: str = "plain", roi: str = "") -> str:
+    """``roi``: :attr:`RegionOfInterest.key` (empty for the whole image, so those caches keep their key)."""
+    return f"{CACHE_VERSION}__{backbone}__{weights_tag}__{image_size}__{variant}" + (f"__{roi}" if roi else "")
 
 
 @dataclass
@@ -45,6 +47,8 @@ class FeatureSet:
     failures: list[tuple[str, str]] = field(default_factory=list)
     hits: int = 0
     misses: int = 0
+    roi_fallbacks: list[str] = field(default_factory=list)
+    """Images computed now whose ROI fell back to the whole image (no lungs found)."""
 
     def tensor(self, index: np.ndarray | None = None) -> torch.Tensor:
         arr = self.features if index is None else self.features[index]
@@ -93,6 +97,7 @@ def extract_features(
     *,
     variant: str = "plain",
     image_fn: Callable[[np.ndarray, pd.Series], np.ndarray] | None = None,
+    roi: RegionOfInterest | None = None,
     batch_size: int = 32,
     limits: ReadLimits | None = None,
     progress: bool = True,
@@ -106,12 +111,18 @@ def extract_features(
     entries (``rank::world_size``); call again after a barrier to gather all.
     The backbone runs on the model's device, in fp32 (no autocast: cached maps
     must not depend on which machine computed them).
+
+    ``roi``: the region of interest (default: the one ``model.info`` records, i.e. the whole image for
+    models trained before ROIs). It is located on the decoded image; ``image_fn`` (a shortcut control)
+    then alters the image, and the region is cut from the altered image.
     """
     info = model.info
-    cache = FeatureCache(cache_dir, cache_key(info.backbone, info.weights_tag, info.image_size, variant))
+    roi = roi if roi is not None else RegionOfInterest.from_model_info(info)
+    cache = FeatureCache(cache_dir, cache_key(info.backbone, info.weights_tag, info.image_size, variant, roi.key))
     transform = build_transform(info.image_size, model.spec.mean, model.spec.std, augment=False)
     digests: list[str | None] = []
     failures: list[tuple[str, str]] = []
+    fallbacks: list[str] = []
     for path in manifest["image"]:
         try:
             digests.append(file_digest(path))
@@ -134,18 +145,30 @@ def extract_features(
     device = next(model.parameters()).device
     with progress_bar(total=len(mine), description=f"features {info.backbone}", enabled=progress and len(mine) > 0) as bar:
         for start in range(0, len(mine), batch_size):
-            batch_idx, tensors = [], []
+            batch_idx, greys = [], []
             for i in mine[start : start + batch_size]:
+                try:
+                    greys.append(read_image(manifest.iloc[i]["image"], limits=limits))
+                    batch_idx.append(i)
+                except ImageReadError as exc:
+                    failures.append((str(manifest.iloc[i]["image"]), str(exc)))
+            regions = roi.locate_many(greys) if not roi.is_identity else [None] * len(greys)
+            kept_idx, tensors = [], []
+            for i, grey, where in zip(batch_idx, greys, regions):
                 row = manifest.iloc[i]
                 try:
-                    grey = read_image(row["image"], limits=limits)
                     if image_fn is not None:
                         grey = image_fn(grey, row)
                 except ImageReadError as exc:
                     failures.append((str(row["image"]), str(exc)))
                     continue
-                batch_idx.append(i)
+                if where is not None:
+                    grey = roi.apply(grey, where)
+                    if where.fallback:
+                        fallbacks.append(str(row["image"]))
+                kept_idx.append(i)
                 tensors.append(preprocess(grey, transform))
+            batch_idx = kept_idx
             if tensors:
                 with torch.inference_mode():
                     fmap = model.forward_features(torch.stack(tensors).to(device)).float().cpu().numpy()
@@ -156,4 +179,4 @@ def extract_features(
     order = sorted(found)
     feats = np.stack([found[i] for i in order]) if order else np.zeros((0, model.spec.channels, 7, 7), np.float16)
     kept = manifest.iloc[order].reset_index(drop=True)
-    return FeatureSet(feats, kept, failures, hits=hits, misses=len(mine))
+    return FeatureSet(feats, kept, failures, hits=hits, misses=len(mine), roi_fallbacks=fallbacks)

@@ -45,6 +45,7 @@ def onnx_metadata(model: HybridModel, identity: dict) -> dict:
         "std": list(model.spec.std),
         "backbone": model.info.backbone,
         "head": model.info.head,
+        **({"roi": model.info.extra["roi"]} if "roi" in model.info.extra else {}),  # the region of interest
         **identity,
     }
 

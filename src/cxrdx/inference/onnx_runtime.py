@@ -16,7 +16,8 @@ import torch
 
 from ..data.io import ReadLimits
 from ..data.transforms import build_transform
-from ..models.run import RunError, model_identity
+from ..features.roi import RegionOfInterest, RoiSetting
+from ..models.run import INFO_FILE, RunError, model_identity, read_info
 from .onnx_export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME
 from .predictor import Predictor
 
@@ -60,6 +61,8 @@ class OnnxPredictor(Predictor):
         self.limits = limits or ReadLimits()
         self.batch_size = batch_size
         self.transform = build_transform(int(self.meta["image_size"]), tuple(self.meta["mean"]), tuple(self.meta["std"]))
+        self.roi = RegionOfInterest.shared(RoiSetting.from_dict(self.meta.get("roi")), threads=threads)
+        """The region of interest recorded at export (the run folder's ``model.json`` wins in :meth:`from_run_dir`)."""
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, **kwargs) -> "OnnxPredictor":
@@ -75,6 +78,7 @@ class OnnxPredictor(Predictor):
                 f"{path} was exported from weights {predictor.meta.get('model_version')} but {run_dir} now holds "
                 f"{current}: run `cxrdx export --onnx {run_dir}` again"
             )
+        predictor.roi = RegionOfInterest.from_model_info(read_info(run_dir / INFO_FILE)[0], threads=kwargs.get("threads"))
         return predictor
 
     @property

@@ -40,11 +40,19 @@ def onnx_predictor(run_dir: str | Path, *, model: HybridModel | None = None, lim
 
 
 def create_predictor(run_dir: str | Path, runtime: str = "torch", *, model: HybridModel | None = None,
-                     limits: ReadLimits | None = None, batch_size: int = 16, threads: int | None = None) -> Predictor:
+                     limits: ReadLimits | None = None, batch_size: int = 16, threads: int | None = None,
+                     guard: bool = True) -> Predictor:
     """A predictor for the model in ``run_dir`` on ``runtime`` (a name in :data:`RUNTIMES`).
 
     ``model``: the run's model when the caller has loaded it already (the torch runtime then reuses it).
     ``threads``: ONNX Runtime's intra-op threads (torch uses ``torch.set_num_threads``).
+    ``guard``: screen inputs with the run's input guard (``guard.json``, :mod:`cxrdx.inference.guard`) when it has one:
+    refused images become ``not_a_chest_image`` errors instead of predictions.
     """
     factory = RUNTIMES.get(runtime)
-    return factory(run_dir, model=model, limits=limits, batch_size=batch_size, threads=threads)
+    predictor = factory(run_dir, model=model, limits=limits, batch_size=batch_size, threads=threads)
+    if guard:
+        from .guard import attach_guard
+
+        attach_guard(predictor, run_dir, model)
+    return predictor

@@ -20,6 +20,7 @@ def create_model(
     proj_dim: int = 256,
     dropout: float = 0.3,
     image_size: int = 224,
+    modality: str = "xray",
 ) -> HybridModel:
     """Build backbone + head. ``weights``: ``imagenet``, ``none`` or a file path (backbone weights).
 
@@ -37,6 +38,7 @@ def create_model(
     info = ModelInfo(
         backbone=backbone, head=head, weights=weights, classes=classes, hidden=hidden,
         proj_dim=proj_dim, dropout=dropout, image_size=image_size, weights_tag=tag,
+        modality=modality,
     )
     return HybridModel(net, head_module, spec, info)
 
@@ -45,5 +47,5 @@ def create_model_from_info(info: ModelInfo, weights: str | None = None) -> Hybri
     return create_model(
         info.backbone, info.head, weights=weights if weights is not None else info.weights,
         classes=info.classes, hidden=info.hidden, proj_dim=info.proj_dim, dropout=info.dropout,
-        image_size=info.image_size,
+        image_size=info.image_size, modality=info.modality,
     )

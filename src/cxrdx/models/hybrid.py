@@ -24,6 +24,8 @@ class ModelInfo:
     dropout: float = 0.3
     image_size: int = 224
     weights_tag: str = "none"
+    modality: str = "xray"
+    """What the model was trained on: ``xray``, ``ct`` (or ``xray+ct`` for a joint model)."""
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

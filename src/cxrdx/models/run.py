@@ -135,6 +135,7 @@ _FIELD_TYPES = {
     "image_size": (lambda v: type(v) is int and 32 <= v <= 4096, "an integer between 32 and 4096"),
     "dropout": (lambda v: type(v) in (int, float) and 0 <= v < 1, "a number in [0, 1)"),
     "extra": (lambda v: isinstance(v, dict), "a JSON object"),
+    "modality": (lambda v: isinstance(v, str) and bool(v), "a non-empty string (xray, ct)"),
 }
 
 

@@ -43,6 +43,11 @@ class SegmenterInfo:
     std: float = 0.5
     threshold: float = 0.5
     min_lung_fraction: float = 0.02
+    min_confidence: float = 0.8
+    """Mean lung probability inside the predicted mask below which it counts as "no lungs found"."""
+    min_contrast: float = 8.0
+    """Grey-level range (max - min) below which an image is blank ("no lungs found" whatever the net says).
+    Not the standard deviation: some JSRT films span only 17 grey levels (std 3) and segment well."""
     encoder_weights: str = "imagenet"
     extra: dict = field(default_factory=dict)
     """Training provenance: data, split, epochs, validation Dice ..."""

@@ -148,6 +148,7 @@ def create_app(
             predicted=scored.predicted, probabilities=scored.probabilities, model_id=service.identity.id,
             model_version=service.identity.version, runtime=service.runtime,
             input_sha256=hashlib.sha256(data).hexdigest(), latency_ms=latency_ms,
+            roi=scored.roi, roi_fallback=bool(scored.roi and scored.roi["fallback"]),
         )
 
     @app.post("/v1/explain", response_model=ExplainResponse, tags=["predict"], **v1)
@@ -171,6 +172,7 @@ def create_app(
             predicted=exp.predicted, probabilities=exp.probabilities, model_id=service.identity.id,
             model_version=service.identity.version, runtime="torch", input_sha256=hashlib.sha256(data).hexdigest(),
             latency_ms=latency_ms, method=method, overlay_png_base64=base64.b64encode(buf.getvalue()).decode(),
+            roi=exp.roi.to_dict() if exp.roi is not None else None, roi_fallback=bool(exp.roi and exp.roi.fallback),
         )
 
     @app.get("/v1/predictions", response_model=PredictionsPage, tags=["audit"], **v1)

@@ -17,6 +17,9 @@ class PredictResponse(BaseModel):
     runtime: str = Field(examples=["onnx"])
     input_sha256: str = Field(description="SHA-256 of the uploaded bytes (the audit log's key).")
     latency_ms: float = Field(description="Server time from receiving the upload to the answer.")
+    roi: dict | None = Field(None, description="Region of interest the model saw (``data.roi`` it was trained "
+                             "with): roi, applied, box [x0, y0, x1, y1], intensity, fallback; null for whole-image models.")
+    roi_fallback: bool = Field(False, description="True when no lungs were found and the whole image was used.")
     disclaimer: str = DISCLAIMER
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..config import DataConfig, ExplainConfig, ServeConfig
 from ..data.io import ImageReadError, ReadLimits, read_image
+from ..features.roi import RoiInfo
 from ..inference.predictor import Predictor
 from ..inference.runtimes import RUNTIMES, create_predictor
 from ..models.run import ModelIdentity, load_run, model_identity
@@ -27,6 +28,8 @@ from ..models.run import ModelIdentity, load_run, model_identity
 class Scored:
     probabilities: dict[str, float]
     predicted: str
+    roi: dict | None = None
+    """The region of interest the model saw (:meth:`RoiInfo.to_dict`); None for whole-image models."""
 
 
 class ModelService:
@@ -66,9 +69,10 @@ class ModelService:
         except Exception as exc:  # noqa: BLE001 - a decoder crashing on hostile bytes is still a bad input
             raise ImageReadError(f"cannot decode the image ({type(exc).__name__})", source="upload") from None
 
-    def prepare(self, data: bytes) -> torch.Tensor:
-        """Upload bytes -> the model's ``3xSxS`` input (decode + resize + normalise; no lock held)."""
-        return self.predictor.tensor(self.decode(data))
+    def prepare(self, data: bytes) -> tuple[torch.Tensor, RoiInfo | None]:
+        """Upload bytes -> the model's ``3xSxS`` input (decode + region of interest + resize + normalise; no lock
+        held) and the region it shows (the predictor's one preprocessing path, as ``cxrdx predict``)."""
+        return self.predictor.prepare(self.decode(data))
 
     def prepare_for_explain(self, data: bytes) -> np.ndarray:
         """Upload bytes -> greyscale no larger than the overlay (Grad-CAM maps are made at this size)."""
@@ -81,19 +85,26 @@ class ModelService:
             grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
         return grey
 
-    def score(self, x: torch.Tensor) -> Scored:
-        """The model call on one prepared input: the only step that holds the model lock."""
+    def score(self, x: torch.Tensor | tuple[torch.Tensor, RoiInfo | None]) -> Scored:
+        """The model call on one prepared input (or :meth:`prepare`'s pair): the only step that holds the model lock."""
+        x, roi = x if isinstance(x, tuple) else (x, None)
         with self._model_lock:
-            probs = self.predictor.probabilities(x[None])[0]
+            probs, refused = self.predictor.answer(x[None], ["upload"])  # the input guard's refusal, if any
+        if refused[0] is not None:
+            raise refused[0]  # ImageReadError: 422 not_a_chest_image
+        probs = probs[0]
         classes = self.classes
-        return Scored({c: float(p) for c, p in zip(classes, probs)}, classes[int(np.argmax(probs))])
+        return Scored({c: float(p) for c, p in zip(classes, probs)}, classes[int(np.argmax(probs))],
+                      None if roi is None else roi.to_dict())
 
     def predict(self, grey: np.ndarray) -> Scored:
-        return self.score(self.predictor.tensor(grey))
+        return self.score(self.predictor.prepare(grey))
 
     def explain(self, grey: np.ndarray, method: str = "gradcam"):
         """Grad-CAM on the torch model (the explanation's probabilities are the torch model's)."""
         from ..explain.cam import explain
 
         with self._model_lock:
+            if self.predictor.screen is not None:  # refuse what the guard refuses before explaining it
+                self.predictor.screen.check(self.predictor.tensor(grey)[None], ["upload"])
             return explain(self.model, grey, method=method, limits=self.limits)

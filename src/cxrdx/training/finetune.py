@@ -22,6 +22,7 @@ from ..config import Config
 from ..data.dataset import CXRDataset
 from ..data.io import ReadLimits
 from ..data.transforms import build_transform
+from ..features.roi import RegionOfInterest
 from ..models.hybrid import HybridModel
 from ..models.outputs import probabilities
 from ..progress import progress_bar
@@ -81,7 +82,9 @@ def finetune(
     eval_tf = build_transform(cfg.data.image_size, spec.mean, spec.std)
     ctx = current()
     device = ctx.device
-    train_set = CXRDataset(train_df, train_tf, limits)
+    roi = RegionOfInterest.from_model_info(model.info)  # the region the head was trained on
+    region = None if roi.is_identity else (lambda grey, row: roi(grey)[0])
+    train_set = CXRDataset(train_df, train_tf, limits, image_fn=region)
     sampler = None
     if ctx.enabled:
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=tc.seed, drop_last=True)
@@ -92,7 +95,7 @@ def finetune(
             train_set, batch_size=tc.finetune_batch_size, shuffle=True,
             num_workers=tc.num_workers, generator=gen, drop_last=True,
         )
-    val_loader = DataLoader(CXRDataset(val_df, eval_tf, limits), batch_size=32, num_workers=tc.num_workers)
+    val_loader = DataLoader(CXRDataset(val_df, eval_tf, limits, image_fn=region), batch_size=32, num_workers=tc.num_workers)
     model.freeze_backbone(tc.finetune_blocks)
     model.to(device)
     to_channels_last(model, device)

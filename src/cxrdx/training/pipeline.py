@@ -21,8 +21,10 @@ import torch.distributed as dist
 from ..config import Config
 from ..data.io import ReadLimits
 from ..data.manifest import load_manifest
+from ..data.modality import select_modality
 from ..data.splits import assert_no_patient_leakage, train_val_test_split
 from ..features.cache import FeatureSet, extract_features
+from ..features.roi import RoiSetting, record_setting
 from ..inference.predictor import predict_manifest
 from ..models.factory import create_model
 from ..models.hybrid import HybridModel
@@ -47,7 +49,11 @@ class RunOutcome:
 
 
 def load_dataset(cfg: Config) -> pd.DataFrame:
-    return load_manifest(cfg.data.resolved_root(), cfg.data.manifest, classes=cfg.data.classes, benchmark=cfg.data.benchmark)
+    """The task's rows (of ``data.modality`` when the manifest has a modality column); ``df.attrs["modality"]`` says which."""
+    df = load_manifest(cfg.data.resolved_root(), cfg.data.manifest, classes=cfg.data.classes, benchmark=cfg.data.benchmark)
+    df, modality = select_modality(df, cfg.data.modality)
+    df.attrs["modality"] = modality
+    return df
 
 
 def build_model(cfg: Config) -> HybridModel:
@@ -118,6 +124,8 @@ def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunO
 
     t = time.perf_counter()
     model = build_model(cfg)
+    record_setting(model.info, RoiSetting.from_config(cfg.data))  # model.json says which region the model sees
+    model.info.modality = df.attrs["modality"]
     limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
     cache_dir = cfg.data.resolved_cache_dir()
     if ctx.enabled:  # each rank fills its shard of the cache (test images too), then all read it back

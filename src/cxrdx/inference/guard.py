@@ -1,0 +1,249 @@
+"""Input guard: is this a chest X-ray, a CT slice, or neither? (issue 13)
+
+The guard looks at the frozen backbone's pooled features (the ``C x h x w`` map
+averaged to ``C`` numbers) and measures how far an image lies from each
+modality's training images: one Gaussian per modality, with a Ledoit-Wolf
+shrinkage covariance, and the squared Mahalanobis distance to it. Each
+modality's threshold is the ``1 - false_refusal`` quantile of the distances of
+*held-out* validation images of that modality, so about ``false_refusal`` of
+real images are wrongly refused by construction. An image within one or more
+thresholds goes to the modality whose distance is smallest relative to its
+threshold; an image outside all of them is refused (:class:`NotAChestImageError`,
+HTTP 422 ``not_a_chest_image``).
+
+Saved in a run folder as ``guard.json`` (modalities, thresholds, the
+features' backbone, validation numbers) and ``guard.safetensors`` (per modality
+the mean and the inverse covariance): no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from ..data.errors import ImageReadError
+from ..data.io import read_image
+from ..models.hybrid import HybridModel
+from ..models.outputs import probabilities
+
+GUARD_INFO = "guard.json"
+GUARD_WEIGHTS = "guard.safetensors"
+DEFAULT_FALSE_REFUSAL = 0.01
+MODALITY_NAMES = {"xray": "chest X-ray", "ct": "chest CT slice"}
+MODALITY_PLURALS = {"xray": "chest X-rays", "ct": "chest CT slices"}
+
+
+class NotAChestImageError(ImageReadError):
+    """The guard found the image to be neither a chest X-ray nor a CT slice (or not the model's modality)."""
+
+    code = "not_a_chest_image"
+    http_status = 422
+
+
+class GuardError(ValueError):
+    """A guard that cannot be fitted or read."""
+
+
+def pooled(fmap: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``[N, C, h, w]`` backbone maps -> ``[N, C]`` float64 means (what the guard measures)."""
+    arr = fmap.detach().float().cpu().numpy() if isinstance(fmap, torch.Tensor) else np.asarray(fmap, np.float32)
+    return arr.reshape(arr.shape[0], arr.shape[1], -1).mean(axis=2).astype(np.float64)
+
+
+@dataclass
+class Verdict:
+    modality: str | None
+    """The routed modality, or None: refused."""
+    scores: dict[str, float]
+    """Distance / threshold per modality (<= 1: within that modality's accepted region)."""
+
+    @property
+    def refused(self) -> bool:
+        return self.modality is None
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "scores": {k: round(v, 4) for k, v in self.scores.items()}}
+
+
+@dataclass
+class InputGuard:
+    backbone: str
+    weights_tag: str
+    image_size: int
+    modalities: list[str]
+    means: dict[str, np.ndarray]
+    precisions: dict[str, np.ndarray]
+    thresholds: dict[str, float]
+    false_refusal: float = DEFAULT_FALSE_REFUSAL
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, train: dict[str, np.ndarray], val: dict[str, np.ndarray], *, backbone: str, weights_tag: str,
+            image_size: int, false_refusal: float = DEFAULT_FALSE_REFUSAL) -> "InputGuard":
+        """``train`` / ``val``: modality -> ``[N, C]`` pooled features of that modality's train / held-out rows."""
+        from sklearn.covariance import LedoitWolf
+
+        if not train or set(train) != set(val):
+            raise GuardError(f"need train and validation features of the same modalities (got {sorted(train)} / {sorted(val)})")
+        if not 0 < false_refusal < 0.5:
+            raise GuardError(f"false_refusal must be in (0, 0.5), not {false_refusal}")
+        means, precisions, thresholds, shrink = {}, {}, {}, {}
+        for m in sorted(train):
+            x = np.asarray(train[m], np.float64)
+            if len(x) < 10 or len(val[m]) < 10:
+                raise GuardError(f"{m}: at least 10 train and 10 validation images are needed (got {len(x)} / {len(val[m])})")
+            lw = LedoitWolf().fit(x)
+            means[m], precisions[m], shrink[m] = lw.location_, lw.precision_, float(lw.shrinkage_)
+        guard = cls(backbone, weights_tag, image_size, sorted(train), means, precisions, {}, false_refusal)
+        for m in guard.modalities:
+            d = guard.distances(val[m])[m]
+            thresholds[m] = float(np.quantile(d, 1.0 - false_refusal, method="higher"))
+        guard.thresholds = thresholds
+        guard.info = {"shrinkage": shrink, "train_images": {m: int(len(train[m])) for m in train},
+                      "val_images": {m: int(len(val[m])) for m in val}}
+        return guard
+
+    def distances(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        """Squared Mahalanobis distance of each row to each modality."""
+        feats = np.atleast_2d(np.asarray(feats, np.float64))
+        out = {}
+        for m in self.modalities:
+            diff = feats - self.means[m]
+            out[m] = np.einsum("ij,jk,ik->i", diff, self.precisions[m], diff)
+        return out
+
+    def decide(self, feats: np.ndarray) -> list[Verdict]:
+        dist = self.distances(feats)
+        verdicts = []
+        for i in range(len(next(iter(dist.values())))):
+            scores = {m: float(dist[m][i] / self.thresholds[m]) for m in self.modalities}
+            best = min(scores, key=scores.get)
+            verdicts.append(Verdict(best if scores[best] <= 1.0 else None, scores))
+        return verdicts
+
+    def check_compatible(self, model_info) -> None:
+        mine = (self.backbone, self.weights_tag, self.image_size)
+        theirs = (model_info.backbone, model_info.weights_tag, model_info.image_size)
+        if mine != theirs or model_info.extra.get("finetuned"):
+            raise GuardError(f"the guard was fitted on {mine} features; the model uses {theirs}"
+                             + (" (fine-tuned backbone)" if model_info.extra.get("finetuned") else ""))
+
+    def refusal(self, verdict: Verdict, source: str | None, accepts: tuple[str, ...] | None) -> NotAChestImageError | None:
+        """The error for an image the guard refuses, or that is not one of ``accepts`` (None: accept)."""
+        if verdict.modality is None:
+            return NotAChestImageError(
+                "not a chest X-ray or chest CT slice (input guard: outside every modality's accepted region)", source=source)
+        if accepts is not None and verdict.modality not in accepts:
+            wanted = " or ".join(MODALITY_PLURALS.get(m, m) for m in accepts)
+            return NotAChestImageError(
+                f"looks like a {MODALITY_NAMES.get(verdict.modality, verdict.modality)}; this model reads {wanted}", source=source)
+        return None
+
+    # --- persistence ---------------------------------------------------------------------------------------------
+
+    def save(self, run_dir: str | Path) -> Path:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for m in self.modalities:
+            tensors[f"{m}.mean"] = self.means[m].astype(np.float64)
+            tensors[f"{m}.precision"] = self.precisions[m].astype(np.float64)
+        save_file(tensors, str(run_dir / GUARD_WEIGHTS))
+        meta = {"method": "mahalanobis-ledoit-wolf", "features": "backbone map, spatial mean",
+                "backbone": self.backbone, "weights_tag": self.weights_tag, "image_size": self.image_size,
+                "modalities": self.modalities, "thresholds": self.thresholds, "false_refusal": self.false_refusal,
+                **self.info}
+        (run_dir / GUARD_INFO).write_text(json.dumps(meta, indent=2))
+        return run_dir / GUARD_INFO
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "InputGuard":
+        run_dir = Path(run_dir)
+        try:
+            meta = json.loads((run_dir / GUARD_INFO).read_text(encoding="utf-8"))
+            tensors = load_file(str(run_dir / GUARD_WEIGHTS))
+            mods = [str(m) for m in meta["modalities"]]
+            extra = {k: v for k, v in meta.items() if k not in (
+                "backbone", "weights_tag", "image_size", "modalities", "thresholds", "false_refusal")}
+            return cls(str(meta["backbone"]), str(meta["weights_tag"]), int(meta["image_size"]), mods,
+                       {m: tensors[f"{m}.mean"] for m in mods}, {m: tensors[f"{m}.precision"] for m in mods},
+                       {m: float(meta["thresholds"][m]) for m in mods}, float(meta["false_refusal"]), extra)
+        except FileNotFoundError:
+            raise GuardError(f"{run_dir} has no input guard ({GUARD_INFO}); fit one with `cxrdx guard fit`") from None
+        except Exception as exc:  # noqa: BLE001 - JSON, safetensors, missing keys: one clear line
+            raise GuardError(f"{run_dir}: unreadable input guard ({type(exc).__name__}: {exc})") from None
+
+
+def has_guard(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / GUARD_INFO).is_file()
+
+
+class Screen:
+    """A guard bound to a model: screens preprocessed batches before (or while) the model answers.
+
+    ``accepts``: the modalities the model reads (from ``model.json``; ``xray+ct`` accepts both).
+    With the torch model the backbone runs once for both the guard and the head.
+    """
+
+    def __init__(self, guard: InputGuard, model: HybridModel, accepts: tuple[str, ...] | None = None):
+        guard.check_compatible(model.info)
+        self.guard = guard
+        self.model = model.eval()
+        self.accepts = accepts if accepts is not None else tuple(model.info.modality.split("+"))
+        self._predictor = None
+
+    def tensor(self, grey: np.ndarray) -> torch.Tensor:
+        """The model's own input for a decoded image (its region of interest, resize, normalisation)."""
+        if self._predictor is None:
+            from .predictor import Predictor
+
+            self._predictor = Predictor(self.model)
+        return self._predictor.tensor(grey)
+
+    @torch.inference_mode()
+    def features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(batch)
+
+    def verdicts(self, fmap: torch.Tensor) -> list[Verdict]:
+        return self.guard.decide(pooled(fmap))
+
+    @torch.inference_mode()
+    def screen(self, batch: torch.Tensor, names: list[str], head: bool) -> tuple[np.ndarray | None, list[ImageReadError | None]]:
+        """``(probabilities or None, per-image refusal or None)``; probabilities only with ``head`` (torch runtime)."""
+        fmap = self.features(batch)
+        refusals = [self.guard.refusal(v, n, self.accepts) for v, n in zip(self.verdicts(fmap), names)]
+        probs = probabilities(self.model.forward_head(fmap)).numpy() if head else None
+        return probs, refusals
+
+    def check(self, batch: torch.Tensor, names: list[str]) -> None:
+        """Raise the first refusal of a preprocessed batch (the server's and explain's path)."""
+        for err in self.screen(batch, names, head=False)[1]:
+            if err is not None:
+                raise err
+
+
+def check_image(screen: Screen | None, source: str | Path, limits=None) -> None:
+    """Read ``source`` and raise the guard's refusal, if any (explain's path; no-op without a guard)."""
+    if screen is not None:
+        grey = read_image(source, limits=limits)
+        screen.check(screen.tensor(grey)[None], [Path(source).name])
+
+
+def load_screen(run_dir: str | Path, model: HybridModel) -> Screen | None:
+    """The run's input guard bound to ``model``, or None when the run has none."""
+    return Screen(InputGuard.load(run_dir), model) if has_guard(run_dir) else None
+
+
+def attach_guard(predictor, run_dir: str | Path, model: HybridModel | None = None):
+    """Give ``predictor`` the run's input guard (when ``run_dir`` has one); returns the predictor."""
+    if has_guard(run_dir):
+        from ..models.run import load_run
+
+        model = model if model is not None else (getattr(predictor, "model", None) or load_run(run_dir))
+        predictor.screen = Screen(InputGuard.load(run_dir), model)
+    return predictor
