@@ -86,6 +86,8 @@ def test_server_refuses_a_photograph_with_422_not_a_chest_image(guarded_run, tmp
     assert set(photo.json()) == {"error"}
     xray = client.post("/v1/predict", files={"file": ("x.png", png_bytes(make_xray(seed=1234)), "image/png")})
     assert xray.status_code == 200, xray.text
+    described = client.get("/v1/models").json()["models"][0]
+    assert described["guard"] is True and described["modality"] == "xray"
 
 
 def test_cli_predict_reports_and_skips_a_refused_image(guarded_run, tmp_path):

@@ -81,10 +81,12 @@ class InputGuard:
     thresholds: dict[str, float]
     false_refusal: float = DEFAULT_FALSE_REFUSAL
     info: dict = field(default_factory=dict)
+    roi: str = ""
+    """The features' region of interest (:attr:`RoiSetting.key`; empty: the whole image)."""
 
     @classmethod
     def fit(cls, train: dict[str, np.ndarray], val: dict[str, np.ndarray], *, backbone: str, weights_tag: str,
-            image_size: int, false_refusal: float = DEFAULT_FALSE_REFUSAL) -> "InputGuard":
+            image_size: int, false_refusal: float = DEFAULT_FALSE_REFUSAL, roi: str = "") -> "InputGuard":
         """``train`` / ``val``: modality -> ``[N, C]`` pooled features of that modality's train / held-out rows."""
         from sklearn.covariance import LedoitWolf
 
@@ -99,7 +101,7 @@ class InputGuard:
                 raise GuardError(f"{m}: at least 10 train and 10 validation images are needed (got {len(x)} / {len(val[m])})")
             lw = LedoitWolf().fit(x)
             means[m], precisions[m], shrink[m] = lw.location_, lw.precision_, float(lw.shrinkage_)
-        guard = cls(backbone, weights_tag, image_size, sorted(train), means, precisions, {}, false_refusal)
+        guard = cls(backbone, weights_tag, image_size, sorted(train), means, precisions, {}, false_refusal, roi=roi)
         for m in guard.modalities:
             d = guard.distances(val[m])[m]
             thresholds[m] = float(np.quantile(d, 1.0 - false_refusal, method="higher"))
@@ -127,8 +129,11 @@ class InputGuard:
         return verdicts
 
     def check_compatible(self, model_info) -> None:
-        mine = (self.backbone, self.weights_tag, self.image_size)
-        theirs = (model_info.backbone, model_info.weights_tag, model_info.image_size)
+        from ..features.roi import RoiSetting
+
+        mine = (self.backbone, self.weights_tag, self.image_size, self.roi or "whole image")
+        theirs = (model_info.backbone, model_info.weights_tag, model_info.image_size,
+                  RoiSetting.from_model_info(model_info).key or "whole image")
         if mine != theirs or model_info.extra.get("finetuned"):
             raise GuardError(f"the guard was fitted on {mine} features; the model uses {theirs}"
                              + (" (fine-tuned backbone)" if model_info.extra.get("finetuned") else ""))
@@ -156,7 +161,7 @@ class InputGuard:
         save_file(tensors, str(run_dir / GUARD_WEIGHTS))
         meta = {"method": "mahalanobis-ledoit-wolf", "features": "backbone map, spatial mean",
                 "backbone": self.backbone, "weights_tag": self.weights_tag, "image_size": self.image_size,
-                "modalities": self.modalities, "thresholds": self.thresholds, "false_refusal": self.false_refusal,
+                "roi": self.roi, "modalities": self.modalities, "thresholds": self.thresholds, "false_refusal": self.false_refusal,
                 **self.info}
         (run_dir / GUARD_INFO).write_text(json.dumps(meta, indent=2))
         return run_dir / GUARD_INFO
@@ -169,10 +174,11 @@ class InputGuard:
             tensors = load_file(str(run_dir / GUARD_WEIGHTS))
             mods = [str(m) for m in meta["modalities"]]
             extra = {k: v for k, v in meta.items() if k not in (
-                "backbone", "weights_tag", "image_size", "modalities", "thresholds", "false_refusal")}
+                "backbone", "weights_tag", "image_size", "modalities", "thresholds", "false_refusal", "roi")}
             return cls(str(meta["backbone"]), str(meta["weights_tag"]), int(meta["image_size"]), mods,
                        {m: tensors[f"{m}.mean"] for m in mods}, {m: tensors[f"{m}.precision"] for m in mods},
-                       {m: float(meta["thresholds"][m]) for m in mods}, float(meta["false_refusal"]), extra)
+                       {m: float(meta["thresholds"][m]) for m in mods}, float(meta["false_refusal"]), extra,
+                       str(meta.get("roi", "")))
         except FileNotFoundError:
             raise GuardError(f"{run_dir} has no input guard ({GUARD_INFO}); fit one with `cxrdx guard fit`") from None
         except Exception as exc:  # noqa: BLE001 - JSON, safetensors, missing keys: one clear line

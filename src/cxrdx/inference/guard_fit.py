@@ -23,8 +23,8 @@ from PIL import Image
 
 from ..data.io import read_image
 from ..data.splits import train_val_test_split
-from ..data.transforms import build_transform, preprocess
 from ..features.cache import extract_features
+from ..features.roi import RoiSetting
 from ..models.hybrid import HybridModel
 from .guard import DEFAULT_FALSE_REFUSAL, InputGuard, Verdict, pooled
 
@@ -60,7 +60,7 @@ def fit_guard(model: HybridModel, parts: dict[str, ModalityRows], *, false_refus
     info = model.info
     return InputGuard.fit({m: p.features["train"] for m, p in parts.items()}, {m: p.features["val"] for m, p in parts.items()},
                           backbone=info.backbone, weights_tag=info.weights_tag, image_size=info.image_size,
-                          false_refusal=false_refusal)
+                          false_refusal=false_refusal, roi=RoiSetting.from_model_info(info).key)
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -112,12 +112,14 @@ def _smooth(rng: np.random.Generator, side: int) -> np.ndarray:
 
 @torch.inference_mode()
 def array_features(model: HybridModel, arrays: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """Pooled backbone features of pictures given as arrays, each written to PNG and read back like an upload."""
-    transform = build_transform(model.info.image_size, model.spec.mean, model.spec.std)
-    model.eval()
+    """Pooled backbone features of pictures given as arrays, each written to PNG and read back like an upload
+    (and prepared as the model's predictor prepares it: region of interest, resize, normalisation)."""
+    from .predictor import Predictor
+
+    tensor = Predictor(model).tensor
     out = []
     for start in range(0, len(arrays), batch_size):
-        batch = torch.stack([preprocess(read_image(_png(a), name="picture"), transform) for a in arrays[start:start + batch_size]])
+        batch = torch.stack([tensor(read_image(_png(a), name="picture")) for a in arrays[start:start + batch_size]])
         out.append(pooled(model.forward_features(batch)))
     return np.concatenate(out) if out else np.zeros((0, 0))
 

@@ -74,7 +74,8 @@ def create_app(
         return ModelDescription(
             id=service.identity.id, version=service.identity.version, run=service.identity.run,
             backbone=info.backbone, head=info.head, classes=service.classes, image_size=info.image_size,
-            runtime=service.runtime, explain=service.can_explain,
+            runtime=service.runtime, explain=service.can_explain, modality=info.modality,
+            guard=service.predictor.screen is not None,
         )
 
     async def read_upload(file: UploadFile) -> bytes:

@@ -47,6 +47,8 @@ class ModelDescription(BaseModel):
     image_size: int
     runtime: str
     explain: bool = Field(description="Whether /v1/explain (Grad-CAM) is available.")
+    modality: str = Field("xray", description="What the model reads: xray, ct (xray+ct for a joint model).")
+    guard: bool = Field(False, description="Whether an input guard refuses non-chest images (422 not_a_chest_image).")
 
 
 class ModelsResponse(BaseModel):
