@@ -10,7 +10,7 @@ from PIL import Image
 
 from cxrdx.config import LungsConfig
 from cxrdx.data.lungseg import load_lungseg, read_mask, resize_mask, split_lungseg
-from cxrdx.inference.lungs import LungPredictor, NoLungsError, clean_mask, create_lung_predictor, lung_bbox
+from cxrdx.features.lungs import LungPredictor, NoLungsError, clean_mask, create_lung_predictor, lung_bbox
 from cxrdx.models.segmenter import SegmenterInfo, create_segmenter, load_segmenter, onnx_max_difference
 
 from conftest import make_xray

@@ -66,7 +66,7 @@ def predict(
     """Write one lung-mask PNG per image at the image's size; bad files and no-lung images are reported, not fatal."""
     import csv
 
-    from ..inference.lungs import create_lung_predictor, write_mask_png
+    from ..features.lungs import create_lung_predictor, write_mask_png
 
     predictor = create_lung_predictor(model, runtime=runtime, batch_size=batch_size)
     results = predictor.predict_paths(images)

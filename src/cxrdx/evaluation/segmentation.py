@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..data.io import ImageReadError
 from ..data.lungseg import default_lungseg_root, load_lungseg, read_mask
-from ..inference.lungs import LungPredictor, create_lung_predictor
+from ..features.lungs import LungPredictor, create_lung_predictor
 from ..models.segmenter import load_segmenter
 from ..stats.bootstrap import patient_mean_ci
 

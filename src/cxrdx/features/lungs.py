@@ -11,7 +11,7 @@ for ROI cropping and raises :class:`NoLungsError` the same way.
 
 It lives in the features layer (not inference) because the one preprocessing path,
 :class:`~cxrdx.features.roi.RegionOfInterest`, runs it inside feature extraction;
-``cxrdx.inference.lungs`` re-exports it for the CLI.
+
 """
 
 from __future__ import annotations
