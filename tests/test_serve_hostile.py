@@ -73,13 +73,13 @@ def test_concurrent_decodes_are_bounded_and_a_long_wait_is_503(served_run, tmp_p
 def test_preprocessing_runs_outside_the_model_lock(served_run, tmp_path):
     app = make_app(served_run, tmp_path, runtime="onnx")
     service = app.state.service
-    original, lock_held = service.predictor.tensor, []
+    original, lock_held = service.predictor.prepare, []
 
-    def spy(grey):
+    def spy(grey, *args, **kwargs):
         lock_held.append(service._model_lock.locked())
-        return original(grey)
+        return original(grey, *args, **kwargs)
 
-    service.predictor.tensor = spy
+    service.predictor.prepare = spy
     assert _post(TestClient(app)).status_code == 200
     assert lock_held == [False]
 
@@ -88,14 +88,14 @@ def test_a_slow_upload_does_not_delay_another_users_prediction(served_run, tmp_p
     """Head-of-line blocking: a 2 s preprocessing of one big upload; a normal upload sent meanwhile finishes first."""
     app = make_app(served_run, tmp_path, runtime="onnx")
     service = app.state.service
-    original = service.predictor.tensor
+    original = service.predictor.prepare
 
-    def slow_for_big(grey):
+    def slow_for_big(grey, *args, **kwargs):
         if grey.shape[0] > 1000:
             time.sleep(2.0)
-        return original(grey)
+        return original(grey, *args, **kwargs)
 
-    service.predictor.tensor = slow_for_big
+    service.predictor.prepare = slow_for_big
     big = png_bytes(np.zeros((1200, 1000), np.uint8) + 90)
     done: dict[str, float] = {}
     with serve_in_thread(app) as url:
