@@ -160,47 +160,22 @@ def one_run(run_dir: Path, args: argparse.Namespace, tmp: Path, valid: list, bad
 
 def kill_check(run_dir: Path, args: argparse.Namespace, tmp: Path, valid: list, seconds: float = 8.0) -> dict:
     """SIGKILL the server under load; the audit log must be intact and hold every acknowledged success."""
-    import signal
-    import sqlite3
-    import threading
+    from loadtest import kill_under_load
 
     (tmp / "audit.db").unlink(missing_ok=True)
     proc, url = start_server(run_dir, args, tmp)
-    acked, stop = [0], threading.Event()
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-
-    def client(i: int) -> None:
-        with httpx.Client(headers=headers, timeout=60) as c:
-            while not stop.is_set():
-                up = valid[i % len(valid)]
-                try:
-                    if c.post(url + "/v1/predict", files={"file": (up.name, up.data, up.content_type)}).status_code == 200:
-                        acked[0] += 1
-                except httpx.HTTPError:
-                    return
-
-    workers = [threading.Thread(target=client, args=(i,)) for i in range(min(args.clients, 8))]
-    for w in workers:
-        w.start()
-    time.sleep(seconds)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    stop.set()
-    for w in workers:
-        w.join(60)
-    con = sqlite3.connect(tmp / "audit.db")
-    integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
-    rows = con.execute("SELECT count(*) FROM cxrdx_predictions").fetchone()[0]
-    con.close()
+    killed = kill_under_load(proc, url, valid, tmp / "audit.db", clients=min(args.clients, 8), seconds=seconds,
+                             headers=headers)
     proc, url = start_server(run_dir, args, tmp)  # restart on the same database
     try:
         after_restart = httpx.get(url + "/v1/predictions", params={"limit": 1}, headers=headers).json()["total"]
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"integrity_check": integrity, "rows": rows, "acknowledged_successes": acked[0], "in_flight_clients": len(workers),
-            "rows_after_restart": after_restart,
-            "ok": integrity == "ok" and acked[0] <= rows <= acked[0] + len(workers) and after_restart == rows}
+    return {"integrity_check": killed.integrity, "rows": killed.rows, "acknowledged_successes": killed.acknowledged,
+            "in_flight_clients": killed.in_flight, "rows_after_restart": after_restart,
+            "ok": killed.consistent and after_restart == killed.rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,3 +275,58 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int | None = None, timeo
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+@dataclass
+class KillReport:
+    """What a SIGKILL under load left behind in a SQLite audit log."""
+
+    acknowledged: int
+    """Predictions answered 200 before the kill."""
+    in_flight: int
+    """Clients that may have had an answer written but not yet delivered."""
+    integrity: str
+    rows: int
+
+    @property
+    def consistent(self) -> bool:
+        """Intact database holding every acknowledged success and at most the in-flight ones more."""
+        return self.integrity == "ok" and self.acknowledged <= self.rows <= self.acknowledged + self.in_flight
+
+
+def kill_under_load(proc, url: str, uploads: list[Upload], audit_db, *, clients: int = 4, seconds: float = 4.0,
+                    headers: dict | None = None) -> KillReport:
+    """Post ``uploads`` to ``url``/v1/predict from ``clients`` threads, SIGKILL ``proc`` after ``seconds``,
+    then read the SQLite audit log ``audit_db`` the server was writing."""
+    import os
+    import signal
+    import sqlite3
+
+    acked, stop = [0], threading.Event()
+
+    def client(i: int) -> None:
+        with httpx.Client(headers=headers or {}, timeout=60) as c:
+            while not stop.is_set():
+                up = uploads[i % len(uploads)]
+                try:
+                    if c.post(url + "/v1/predict", files={"file": (up.name, up.data, up.content_type)}).status_code == 200:
+                        acked[0] += 1
+                except httpx.HTTPError:
+                    return
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    stop.set()
+    for w in workers:
+        w.join(60)
+    con = sqlite3.connect(audit_db)
+    try:
+        integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
+        rows = con.execute("SELECT count(*) FROM cxrdx_predictions").fetchone()[0]
+    finally:
+        con.close()
+    return KillReport(acked[0], len(workers), integrity, rows)

@@ -1,77 +1,119 @@
-"""End-to-end CPU throughput: PNG decode -> preprocess -> model -> probabilities, per runtime, in one run.
+"""End-to-end CPU throughput, accuracy against fp32, and server latency, per runtime, in one run.
 
-Every variant runs the same :class:`cxrdx.inference.Predictor` code path
-(``predict_paths``: hardened read, resize, normalise, batch, model, softmax) and
-differs only in the model call:
+Every variant runs the same :class:`cxrdx.inference.predictor.Predictor` path
+(``predict_sources``: hardened decode from file bytes in memory, resize,
+normalise, batch, model, softmax) and differs only in the model call:
 
-* ``torch-eager``          ``torch.no_grad()``, NCHW, no compilation (the baseline)
-* ``torch-inference-mode`` ``torch.inference_mode()`` (what ``Predictor`` ships with)
-* ``torch-channels-last``  inference mode + channels_last weights and inputs
-* ``torch-compile``        inference mode + channels_last + ``torch.compile`` (compile time reported apart)
-* ``onnxruntime``          the exported ONNX graph (``cxrdx export --onnx``) in ONNX Runtime
+* ``torch-eager``  ``torch.no_grad()``, NCHW, fp32: the reference (``fp32``)
+* ``torch``        the ``torch`` runtime (inference mode)
+* ``torch-bf16``   the ``torch-bf16`` runtime: bf16 autocast + channels_last (AVX512-BF16 / AMX where present)
+* ``onnx``         the ``onnx`` runtime: ONNX Runtime fp32 (``cxrdx export --onnx``)
+* ``onnx-int8``    the ``onnx-int8`` runtime: static QDQ int8 (``cxrdx export --onnx --quantize int8``)
+* ``torch-channels-last``, ``torch-compile``  with ``--all-torch``
 
-Variants run interleaved for ``--rounds`` rounds so that a background load hits
-all of them alike; the table gives the median and best round.
+The images are the run's whole held-out split (``split.csv``, ``part == test``),
+so each variant's class agreement and max probability difference against fp32
+come from all of them. Variants run interleaved for ``--rounds`` rounds, so a
+background load hits all alike (the load average is recorded at start and
+end). Batch-1 latency goes through the server's path
+(:class:`cxrdx.serve.service.ModelService`: ``prepare`` then ``score``).
 
-    python benchmarks/throughput.py --threads 2 --batch-size 16 --images 320 --json runs/throughput.json
+    python benchmarks/throughput.py --run runs/demo --threads 2 --rounds 3 --name cpu-2core
+    python benchmarks/render_readme.py          # README performance table from benchmarks/results/*.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_VARIANTS = "torch-eager,torch,torch-bf16,onnx,onnx-int8"
+EXACT = {"torch-eager": "reference", "torch": "fp32", "torch-channels-last": "fp32", "torch-compile": "fp32",
+         "onnx": "fp32", "torch-bf16": "bf16 (approximate)", "onnx-int8": "int8 (approximate)"}
+SERVED = {"torch", "torch-bf16", "onnx", "onnx-int8"}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=None,
-                   help="Run folder; default: tf_efficientnet_lite0 (ImageNet) + bilstm head with seed-0 weights "
-                        "(speed does not depend on the head's trained values).")
-    p.add_argument("--data", type=Path, default=None, help="cxr3 folder (default: cxrdx.config.default_data_root()).")
-    p.add_argument("--images", type=int, default=320, help="Images per round (a multiple of the batch size).")
+    p.add_argument("--run", type=Path, default=Path("runs/demo"), help="Trained run folder (with split.csv).")
+    p.add_argument("--images", type=int, default=0, help="Images timed per round (default: the whole held-out split).")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-compile", action="store_true", help="Skip torch.compile (it takes minutes to compile).")
-    p.add_argument("--json", type=Path, default=None, help="Write the results here as JSON.")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="Comma-separated (see above).")
+    p.add_argument("--all-torch", action="store_true", help="Also torch-channels-last and torch-compile (minutes to compile).")
+    p.add_argument("--latency-images", type=int, default=64, help="Batch-1 requests per served runtime.")
+    p.add_argument("--calibration-images", type=int, default=128, help="For a missing model.int8.onnx.")
+    p.add_argument("--name", default="cpu", help="Writes benchmarks/results/<name>.json.")
+    p.add_argument("--json", type=Path, default=None, help="Write here instead.")
     return p.parse_args(argv)
 
 
-def pick_images(data: Path | None, n: int) -> list[str]:
-    from cxrdx.config import default_data_root
-    from cxrdx.data.manifest import load_manifest
+def cpu_info() -> dict:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), model)
+        flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    except OSError:
+        pass
+    from cxrdx.inference.fast_torch import cpu_bf16_kind
 
-    df = load_manifest(data or default_data_root())
-    step = max(1, len(df) // n)
-    paths = [str(p) for p in df["image"].iloc[::step][:n]]
-    for p in paths:  # warm the OS page cache so that every variant reads from memory alike
-        Path(p).read_bytes()
-    return paths
-
-
-def default_run_dir(tmp: Path) -> Path:
-    from cxrdx.models.factory import create_model
-    from cxrdx.models.run import save_run
-
-    torch.manual_seed(0)
-    save_run(create_model("tf_efficientnet_lite0", "bilstm", weights="imagenet"), tmp / "bench-model")
-    return tmp / "bench-model"
+    return {"model": model, "cores": os.cpu_count(), "bf16": cpu_bf16_kind(),
+            "flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni"})}
 
 
-def build_predictors(run_dir: Path, batch_size: int, threads: int, use_compile: bool) -> tuple[dict, dict]:
-    from cxrdx.inference.onnx_export import ONNX_FILE, export_run
-    from cxrdx.inference.onnx_runtime import OnnxPredictor
+def held_out(run: Path, n: int) -> list[tuple[str, bytes]]:
+    import pandas as pd
+
+    split = pd.read_csv(run / "split.csv")
+    paths = split.loc[split["part"] == "test", "image"].astype(str).tolist()
+    if not paths:
+        raise SystemExit(f"{run}/split.csv has no test rows")
+    return [(p, Path(p).read_bytes()) for p in paths[: n or None]]
+
+
+def ensure_exports(run: Path, calibration_images: int, variants: list[str]) -> tuple[dict, dict | None]:
+    """``model.onnx`` (re-exported when missing or stale) and ``model.int8.onnx``; seconds spent, int8 info."""
+    from cxrdx.inference.onnx_export import export_run
+    from cxrdx.inference.onnx_runtime import OnnxModelError, OnnxPredictor
+    from cxrdx.inference.quantize import INT8_FILE, quantize_run
+
+    setup: dict[str, float] = {}
+    if not {"onnx", "onnx-int8"} & set(variants):
+        return setup, None
+    try:
+        OnnxPredictor.from_run_dir(run)
+    except OnnxModelError:
+        t = time.perf_counter()
+        export_run(run)
+        setup["onnx_export_s"] = time.perf_counter() - t
+    if "onnx-int8" not in variants:
+        return setup, None
+    try:
+        meta = OnnxPredictor.from_run_dir(run, file=INT8_FILE).meta
+    except OnnxModelError:
+        t = time.perf_counter()
+        quantize_run(run, images=calibration_images)
+        setup["int8_quantize_s"] = time.perf_counter() - t
+        meta = OnnxPredictor.from_run_dir(run, file=INT8_FILE).meta
+    return setup, meta.get("quantization")
+
+
+def build_predictors(run: Path, variants: list[str], batch_size: int, threads: int) -> dict:
     from cxrdx.inference.predictor import Predictor
+    from cxrdx.inference.runtimes import create_predictor
     from cxrdx.models.outputs import probabilities
     from cxrdx.models.run import load_run
 
@@ -81,100 +123,114 @@ def build_predictors(run_dir: Path, batch_size: int, threads: int, use_compile: 
                 return probabilities(self.model(batch)).numpy()
 
     class ChannelsLastPredictor(Predictor):
-        def __init__(self, model, **kw):
+        def __init__(self, model, compile_: bool = False, **kw):
             super().__init__(model.to(memory_format=torch.channels_last), **kw)
-            self.forward = self.model
+            self.forward = torch.compile(self.model, dynamic=False) if compile_ else self.model
 
         @torch.inference_mode()
         def probabilities(self, batch: torch.Tensor) -> np.ndarray:
             return probabilities(self.forward(batch.contiguous(memory_format=torch.channels_last))).numpy()
 
-    class CompiledPredictor(ChannelsLastPredictor):
-        def __init__(self, model, **kw):
-            super().__init__(model, **kw)
-            self.forward = torch.compile(self.model, dynamic=False)
-
-    setup: dict[str, float] = {}
-    preds = {
-        "torch-eager": EagerPredictor(load_run(run_dir), batch_size=batch_size),
-        "torch-inference-mode": Predictor(load_run(run_dir), batch_size=batch_size),
-        "torch-channels-last": ChannelsLastPredictor(load_run(run_dir), batch_size=batch_size),
-    }
-    if use_compile:
-        preds["torch-compile"] = CompiledPredictor(load_run(run_dir), batch_size=batch_size)
-    onnx_path = run_dir / ONNX_FILE
-    t = time.perf_counter()
-    if not onnx_path.is_file():
-        export_run(run_dir)
-    setup["onnx_export_s"] = time.perf_counter() - t
-    preds["onnxruntime"] = OnnxPredictor.from_run_dir(run_dir, batch_size=batch_size, threads=threads)
-    return preds, setup
+    preds = {}
+    for name in variants:
+        if name == "torch-eager":
+            preds[name] = EagerPredictor(load_run(run), batch_size=batch_size)
+        elif name in ("torch-channels-last", "torch-compile"):
+            preds[name] = ChannelsLastPredictor(load_run(run), compile_=name == "torch-compile", batch_size=batch_size)
+        else:  # a registered runtime, exactly as `cxrdx predict --runtime NAME` builds it (no input guard: speed only)
+            preds[name] = create_predictor(run, name, batch_size=batch_size, threads=threads, guard=False)
+    return preds
 
 
-def warm_up(preds: dict, paths: list[str], batch_size: int, setup: dict) -> None:
-    for name, pred in preds.items():
-        t = time.perf_counter()
-        pred.predict_paths(paths[: 2 * batch_size])
-        setup[f"{name}_warmup_s"] = time.perf_counter() - t
+def probs_of(results, classes) -> np.ndarray:
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise SystemExit(f"{len(failed)} images failed, e.g. {failed[0].source}: {failed[0].error}")
+    return np.array([[r.probabilities[c] for c in classes] for r in results])
 
 
-def decode_only_rate(pred, paths: list[str]) -> float:
-    """Images/s of the shared read + preprocess path alone (no model)."""
+def decode_only_rate(pred, sources) -> float:
+    """Images/s of the shared read + preprocess path alone (no model), one thread."""
     from cxrdx.data.io import read_image
 
     t = time.perf_counter()
-    for p in paths:
-        pred.tensor(read_image(p, limits=pred.limits))
-    return len(paths) / (time.perf_counter() - t)
+    for name, data in sources:
+        pred.tensor(read_image(data, name=name, limits=pred.limits))
+    return len(sources) / (time.perf_counter() - t)
+
+
+def server_latency(run: Path, runtime: str, threads: int, sources) -> dict:
+    """Batch-1 latency (ms) through :class:`ModelService` (decode + preprocess + model, as POST /v1/predict)."""
+    from cxrdx.config import ServeConfig
+    from cxrdx.serve.service import ModelService
+
+    service = ModelService(ServeConfig(model_dir=str(run), runtime=runtime, threads=threads))
+    for _, data in sources[:3]:
+        service.score(service.prepare(data))
+    times = []
+    for _, data in sources:
+        t = time.perf_counter()
+        service.score(service.prepare(data))
+        times.append((time.perf_counter() - t) * 1000)
+    return {"latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95)),
+            "latency_requests": len(times)}
 
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    paths = pick_images(args.data, args.images)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = args.model or default_run_dir(Path(tmp))
-        preds, setup = build_predictors(run_dir, args.batch_size, args.threads, not args.no_compile)
-        warm_up(preds, paths, args.batch_size, setup)
-        rates: dict[str, list[float]] = {name: [] for name in preds}
-        probs: dict[str, np.ndarray] = {}
-        decode_rates = []
-        for _ in range(args.rounds):
-            for name, pred in preds.items():
-                t = time.perf_counter()
-                results = pred.predict_paths(paths)
-                elapsed = time.perf_counter() - t
-                failed = [r for r in results if not r.ok]
-                if failed:
-                    raise SystemExit(f"{name}: {len(failed)} images failed, e.g. {failed[0].error}")
-                rates[name].append(len(paths) / elapsed)
-                probs[name] = np.array([[r.probabilities[c] for c in pred.classes] for r in results])
-            decode_rates.append(decode_only_rate(preds["torch-eager"], paths))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.all_torch:
+        variants += [v for v in ("torch-channels-last", "torch-compile") if v not in variants]
+    if "torch-eager" not in variants:
+        variants.insert(0, "torch-eager")  # the fp32 reference
+    load_start = os.getloadavg()
+    all_images = held_out(args.run, 0)
+    timed = all_images[: args.images or None]
+    setup, int8_info = ensure_exports(args.run, args.calibration_images, variants)
+    preds = build_predictors(args.run, variants, args.batch_size, args.threads)
+    for name, pred in preds.items():  # warm-up (and torch.compile's compilation)
+        t = time.perf_counter()
+        pred.predict_sources(timed[: 2 * args.batch_size])
+        setup[f"{name}_warmup_s"] = time.perf_counter() - t
+    rates: dict[str, list[float]] = {name: [] for name in preds}
+    probs: dict[str, np.ndarray] = {}
+    decode_rates = []
+    for _ in range(args.rounds):
+        for name, pred in preds.items():
+            t = time.perf_counter()
+            results = pred.predict_sources(timed)
+            rates[name].append(len(timed) / (time.perf_counter() - t))
+            if len(timed) == len(all_images):
+                probs[name] = probs_of(results, pred.classes)
+        decode_rates.append(decode_only_rate(preds["torch-eager"], timed))
+    for name, pred in preds.items():  # agreement over the whole held-out split when fewer images were timed
+        if name not in probs:
+            probs[name] = probs_of(pred.predict_sources(all_images), pred.classes)
+    ref = probs["torch-eager"]
+    latency = {name: server_latency(args.run, name, args.threads, all_images[: args.latency_images])
+               for name in variants if name in SERVED and args.latency_images > 0}
     eager = statistics.median(rates["torch-eager"])
-    torch_best = max((n for n in rates if n.startswith("torch-") and n != "torch-eager"),
-                     key=lambda n: statistics.median(rates[n]))
-    rows = [
-        {
-            "variant": name,
-            "median_img_s": statistics.median(r),
-            "best_img_s": max(r),
-            "rounds_img_s": r,
-            "speedup_vs_eager": statistics.median(r) / eager,
-            "max_abs_diff_vs_eager": float(np.abs(probs[name] - probs["torch-eager"]).max()),
-        }
-        for name, r in rates.items()
-    ]
+    rows = [{
+        "variant": name, "precision": EXACT.get(name, "?"),
+        "median_img_s": statistics.median(r), "best_img_s": max(r), "rounds_img_s": r,
+        "speedup_vs_eager": statistics.median(r) / eager,
+        "class_agreement_vs_fp32": float((probs[name].argmax(1) == ref.argmax(1)).mean()),
+        "max_abs_prob_diff_vs_fp32": float(np.abs(probs[name] - ref).max()),
+        **latency.get(name, {}),
+    } for name, r in rates.items()]
     return {
-        "what": "end-to-end images/s: PNG read+decode -> resize/normalise -> model -> softmax probabilities",
-        "model": str(args.model or "tf_efficientnet_lite0+bilstm (ImageNet backbone, seed-0 head)"),
-        "images": len(paths), "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+        "benchmark": "throughput",
+        "what": "end-to-end images/s: file bytes in memory -> decode -> resize/normalise -> model -> softmax probabilities",
+        "generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]),
+        "device": {"kind": "cpu", **cpu_info()},
+        "run": str(args.run), "held_out_images": len(all_images), "timed_images": len(timed),
+        "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "versions": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__},
         "decode_preprocess_only_img_s": statistics.median(decode_rates),
-        "best_torch_variant": torch_best,
-        "rows": rows,
-        "setup_s": setup,
+        "reference": "torch-eager (fp32)",
+        "rows": rows, "setup_s": setup, "int8_quantization": int8_info,
     }
 
 
@@ -182,28 +238,29 @@ def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"End-to-end throughput, batch {report['batch_size']}, {report['threads']} threads, "
-                        f"{report['images']} cxr3 PNGs x {report['rounds']} rounds")
-    for col in ("variant", "median img/s", "best img/s", "x eager", "max |dp| vs eager"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+    table = Table(title=f"End to end, batch {report['batch_size']}, {report['threads']} threads, {report['timed_images']} "
+                        f"held-out images x {report['rounds']} rounds ({report['device']['model']})")
+    for col in ("variant", "precision", "median img/s", "x eager", "agree vs fp32", "max |dp|", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="left" if col in ("variant", "precision") else "right")
     for r in report["rows"]:
-        table.add_row(r["variant"], f"{r['median_img_s']:.1f}", f"{r['best_img_s']:.1f}",
-                      f"{r['speedup_vs_eager']:.2f}", f"{r['max_abs_diff_vs_eager']:.1e}")
+        lat = (f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}") if "latency_ms_p50" in r else ("", "")
+        table.add_row(r["variant"], r["precision"], f"{r['median_img_s']:.1f}", f"{r['speedup_vs_eager']:.2f}",
+                      f"{r['class_agreement_vs_fp32']:.4f}", f"{r['max_abs_prob_diff_vs_fp32']:.1e}", *lat)
     console = Console()
     console.print(table)
-    console.print(f"decode + preprocess alone: {report['decode_preprocess_only_img_s']:.0f} img/s; "
-                  f"best torch variant: {report['best_torch_variant']}; load average at end: "
-                  + ", ".join(f"{x:.2f}" for x in report["load_average_at_end"]))
+    console.print(f"decode + preprocess alone: {report['decode_preprocess_only_img_s']:.0f} img/s; load average start "
+                  + ", ".join(f"{x:.2f}" for x in report["load_average_start"]) + "; end "
+                  + ", ".join(f"{x:.2f}" for x in report["load_average_end"]))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    out = args.json or RESULTS / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -131,3 +131,51 @@ def test_postgresql_audit_log(postgres_url, served_run, cxr3_root, tmp_path):
     log = AuditLog(postgres_url)
     assert log.backend == "postgresql" and log.count() == before + 3
     log.close()
+
+
+OLD_TABLE = {  # cxrdx_predictions as it was before the server could hold several models (no model_run, modality)
+    "sqlite": "CREATE TABLE cxrdx_predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at DATETIME, ",
+    "postgresql": "CREATE TABLE cxrdx_predictions (id SERIAL PRIMARY KEY, created_at TIMESTAMP WITH TIME ZONE, ",
+}
+
+
+def _old_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS cxrdx_predictions"))
+        conn.execute(text(OLD_TABLE[engine.dialect.name] + "endpoint VARCHAR(32), model_id VARCHAR(128), "
+                          "model_version VARCHAR(64), runtime VARCHAR(16), input_sha256 VARCHAR(64), input_bytes INTEGER, "
+                          "predicted VARCHAR(64), probabilities JSON, latency_ms FLOAT, client VARCHAR(64))"))
+        conn.execute(text("INSERT INTO cxrdx_predictions (created_at, endpoint, model_id, model_version, runtime, input_sha256, "
+                          "input_bytes, predicted, probabilities, latency_ms, client) VALUES ('2026-01-01 00:00:00', 'predict', "
+                          "'m', 'sha256:0', 'onnx', 'ab', 3, 'covid', '{\"covid\": 1.0}', 1.0, '127.0.0.1')"))
+    engine.dispose()
+
+
+def _check_migration(url: str) -> None:
+    from cxrdx.serve.schemas import AuditRecord
+
+    _old_database(url)
+    log = AuditLog(url)
+    assert log.migrated == ["model_run", "modality"]
+    log.record(_entry(7).model_copy(update={"model_run": "chest-ct", "modality": "ct"}))
+    new, old = [AuditRecord.model_validate(r) for r in log.latest()]
+    assert (new.model_run, new.modality, new.input_bytes) == ("chest-ct", "ct", 7)
+    assert (old.model_run, old.modality, old.input_bytes) == (None, None, 3)
+    log.close()
+    again = AuditLog(url)  # opening it again changes nothing; a fresh database has the columns from the start
+    assert again.migrated == [] and again.count() == 2
+    again.close()
+
+
+def test_an_older_sqlite_audit_database_gains_the_model_columns(tmp_path):
+    _check_migration(f"sqlite:///{tmp_path / 'old.db'}")
+    fresh = AuditLog(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert fresh.migrated == [] and fresh.record(_entry(1).model_copy(update={"model_run": "r", "modality": "xray"})) == 1
+    assert fresh.latest()[0].model_run == "r"
+
+
+def test_an_older_postgresql_audit_database_gains_the_model_columns(postgres_url):
+    _check_migration(postgres_url)

@@ -42,12 +42,12 @@ def _slice_with_even_train_part(root: Path, out: Path) -> Path:
     raise AssertionError("no slice with an even training part")
 
 
-def _train(nproc: int | None, batch: int, out: Path, csv: Path, cache: Path) -> dict[str, np.ndarray]:
+def _train(nproc: int | None, batch: int, out: Path, csv: Path, cache: Path, *extra: str) -> dict[str, np.ndarray]:
     args = [
         "train", "--manifest", str(csv), "--data", str(csv.parent), "--head", "gru", "--epochs", "4",
         "--set", "model.dropout=0", "--set", "train.patience=100", "--set", f"train.batch_size={batch}",
         "--set", "train.precision=fp32",  # exact comparison: bf16 rounds a batch and its two halves differently
-        "--set", f"data.cache_dir={cache}", "--out", str(out),
+        "--set", f"data.cache_dir={cache}", "--out", str(out), *extra,
     ]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", CXRDX] if nproc else [CXRDX]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -82,3 +82,15 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(cxr3_ro
     # the tolerance is not vacuous: a plain run (other data order) ends far away
     plain = _train(None, 8, tmp_path / "plain", csv, feature_cache_dir)
     assert max(float(np.abs(plain[k] - one[k]).max()) for k in one) > 1e-3
+
+
+@pytest.mark.slow
+def test_source_balanced_row_weights_under_ddp_match_one_process(cxr3_root, feature_cache_dir, tmp_path):
+    """Per-row weights (train.sampling=source_balanced): the global-batch weighted mean, as with class weights."""
+    csv = _slice_with_even_train_part(cxr3_root, tmp_path)
+    balanced = ("--set", "train.sampling=source_balanced", "--set", "train.source_min_images=1")
+    two = _train(2, 4, tmp_path / "two", csv, feature_cache_dir, *balanced)
+    one = _train(1, 8, tmp_path / "one", csv, feature_cache_dir, *balanced)
+    assert max(float(np.abs(two[k] - one[k]).max()) for k in one) < 1e-4
+    unweighted = _train(1, 8, tmp_path / "none", csv, feature_cache_dir)
+    assert max(float(np.abs(unweighted[k] - one[k]).max()) for k in one) > 1e-4  # the weights did something

@@ -85,7 +85,7 @@ def test_runtimes_registry_and_unknown_runtime(model, tmp_path):
     from cxrdx.inference.runtimes import RUNTIMES, create_predictor
     from cxrdx.registry import UnknownNameError, get_registry
 
-    assert get_registry("runtimes") is RUNTIMES and RUNTIMES.names() == ["torch", "onnx"]
+    assert get_registry("runtimes") is RUNTIMES and RUNTIMES.names() == ["torch", "onnx", "onnx-int8", "torch-bf16"]
     with pytest.raises(UnknownNameError, match="unknown runtime 'tensorrt'; choose one of: torch, onnx"):
         create_predictor(tmp_path, "tensorrt")
     assert create_predictor(tmp_path, "torch", model=model).model is model

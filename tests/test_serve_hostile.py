@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +22,8 @@ from typer.testing import CliRunner
 
 from conftest import make_xray
 from cxrdx.serve.server import client_address
-from test_serve_support import free_port, make_app, png_bytes, served_run, serve_in_thread  # noqa: F401
+from test_serve_support import (Upload, free_port, kill_under_load, make_app, png_bytes, served_run,  # noqa: F401
+                                serve_in_thread)
 
 PNG = png_bytes(make_xray((256, 256), seed=1))
 
@@ -373,31 +372,11 @@ def test_hostile_uploads_keep_server_peak_rss_bounded(served_run, tmp_path):
 @pytest.mark.slow
 def test_kill_9_mid_load_leaves_a_consistent_audit_log(served_run, tmp_path):
     proc, url = _start_server(served_run, tmp_path)
-    acked, stop = [0], threading.Event()
-
-    def client():
-        with httpx.Client(headers={"Authorization": "Bearer tok"}, timeout=30) as c:
-            while not stop.is_set():
-                try:
-                    if c.post(url + "/v1/predict", files={"file": ("x.png", PNG)}).status_code == 200:
-                        acked[0] += 1
-                except httpx.HTTPError:
-                    return
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(4)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    stop.set()
-    for t in threads:
-        t.join(30)
-    con = sqlite3.connect(tmp_path / "audit.db")
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = con.execute("SELECT count(*) FROM cxrdx_predictions").fetchone()[0]
-    con.close()
-    assert acked[0] > 0 and acked[0] <= rows <= acked[0] + len(threads)  # at most the in-flight answers are unacknowledged
+    upload = Upload("x.png", PNG, "image/png", "valid")
+    killed = kill_under_load(proc, url, [upload], tmp_path / "audit.db", clients=4, seconds=4,
+                             headers={"Authorization": "Bearer tok"})
+    assert killed.acknowledged > 0 and killed.consistent, killed  # at most the in-flight answers are unacknowledged
+    rows = killed.rows
     proc2, url2 = _start_server(served_run, tmp_path)  # restarts on the same database
     try:
         total = httpx.get(url2 + "/v1/predictions", headers={"Authorization": "Bearer tok"}).json()["total"]

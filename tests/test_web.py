@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from test_serve_support import cxr3_images, make_app, served_run, serve_in_thread  # noqa: F401
+from test_serve_support import cxr3_images, layouts, make_app, make_ct, png_bytes, served_run, serve_in_thread  # noqa: F401
 
 CHROMIUM = os.environ.get("CXRDX_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
@@ -60,6 +60,7 @@ def test_upload_and_drag_show_probabilities_and_overlay(browser, served_run, cxr
 
         page.set_input_files("#file-input", str(first))
         _check_result(page)
+        assert page.locator("#answered-by").inner_text().startswith("answered by run (chest X-ray; the only model)")
         page.screenshot(path=str(tmp_path / "cxrdx-web.png"), full_page=True)
 
         # drag and drop a second image onto the drop zone
@@ -86,3 +87,39 @@ def test_upload_and_drag_show_probabilities_and_overlay(browser, served_run, cxr
     assert not outside, f"the page reached outside the server: {outside}"
     assert (tmp_path / "cxrdx-web.png").stat().st_size > 10_000
     print(f"screenshot: {tmp_path / 'cxrdx-web.png'}")
+
+
+def test_page_shows_which_model_answered(browser, layouts, tmp_path):
+    """Two served models (X-ray, CT): each result names the model the input guard routed it to."""
+    from cxrdx.config import ServeConfig
+    from cxrdx.serve.app import create_app
+
+    from conftest import make_xray
+
+    app = create_app(ServeConfig(model_dir=",".join(map(str, layouts["joint"])), database_url=f"sqlite:///{tmp_path / 'a.db'}"))
+    with serve_in_thread(app) as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('2 models')")
+        assert "chest-xray" in page.locator("#model").inner_text() and "chest-ct" in page.locator("#model").inner_text()
+        assert page.locator("#model-choice option").count() == 3  # automatic + the two models
+        assert "chest X-ray or chest CT slice" in page.locator("#drop-what").inner_text()
+        for name, data, run, shown in (("chest.png", png_bytes(make_xray(seed=1234)), "chest-xray", "chest X-ray"),
+                                       ("slice.png", png_bytes(make_ct((260, 250), seed=987)), "chest-ct", "chest CT slice")):
+            page.evaluate("document.getElementById('status').textContent = ''")
+            page.set_input_files("#file-input", files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+            page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=60_000)
+            answered = page.locator("#answered-by")
+            assert answered.is_visible() and answered.get_attribute("data-model") == run
+            assert answered.inner_text().startswith(f"answered by {run} ({shown}; the input guard read it as a {shown})")
+        # naming the model in the page: a CT slice sent to the X-ray model is refused with a readable error
+        page.select_option("#model-choice", "chest-xray")
+        page.evaluate("document.getElementById('status').textContent = ''")
+        page.set_input_files("#file-input", files=[{"name": "s.png", "mimeType": "image/png",
+                                                    "buffer": png_bytes(make_ct((260, 250), seed=987))}])
+        page.wait_for_selector("#status.error", timeout=60_000)
+        assert "422 not_a_chest_image" in page.locator("#status").inner_text()
+        page.close()
+    assert not errors, errors

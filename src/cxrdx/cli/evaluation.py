@@ -25,11 +25,13 @@ def _split(text: str | None) -> list[str]:
 
 
 def _print_results(result: dict) -> None:
-    from ..evaluation.tables import (benchmark_table, comparison_table, confusion_table, loso_overview, loso_table,
-                                     macro_row_ci, metrics_table)
+    from ..evaluation.tables import (architecture_table, benchmark_table, comparison_table, confusion_table, loso_overview,
+                                     loso_table, macro_row_ci, metrics_table)
 
     for task, res in result["tasks"].items():
         best = res["best"]  # a CVSummary
+        if res.get("architectures") and len(res["architectures"]["rows"]) > 1:
+            console.print(architecture_table(res["architectures"], title=f"{task}: the design's four architectures"))
         loso = res.get("loso")
         if loso:  # unseen hospitals first: the gap to the random split is the first thing to read
             console.rule(f"[bold]{task}: unseen hospitals (leave-one-source-out)[/]")
@@ -107,7 +109,7 @@ def _out_opt(kind: str):
 
 def _request(cfg, *, models: list[str], backbones: list[str], task: Optional[str], benchmark: Optional[str],
              image_level: Optional[bool], blackout: bool, ensemble_top: int, command: str, border: bool = True,
-             by: str = "patient"):
+             by: str = "patient", native_size: bool = False, tta: bool = False, backbone_ensemble: bool = True):
     from ..config import ConfigError
     from ..evaluation.compare import GridRequest
 
@@ -116,7 +118,7 @@ def _request(cfg, *, models: list[str], backbones: list[str], task: Optional[str
     return GridRequest(
         tasks=_tasks(cfg, task, benchmark), models=models, backbones=backbones, benchmark=benchmark,
         image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, border=border,
-        ensemble_top=ensemble_top, command=command, by=by,
+        ensemble_top=ensemble_top, command=command, by=by, native_size=native_size, tta=tta, backbone_ensemble=backbone_ensemble,
     )
 
 
@@ -161,6 +163,12 @@ def compare(
     benchmark: Optional[str] = BenchmarkOpt,
     folds: Optional[int] = FoldsOpt,
     ensemble_top: int = typer.Option(3, help="Add an ensemble (mean probabilities) of the top N models by validation macro-F1; 0 = none."),
+    backbone_ensemble: bool = typer.Option(True, "--backbone-ensemble/--no-backbone-ensemble",
+                                           help="With several backbones: add the ensemble of each backbone's best model (by validation)."),
+    native_size: bool = typer.Option(False, "--native-size/--no-native-size",
+                                     help="Feed each backbone at its own input size (Lite1 240, Lite2 260 px) instead of data.image_size."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Test-time augmentation: also score every model on the mean over the "
+                             "image and its mirror (candidates <name>+tta; mirrored features extracted once)."),
     image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = BlackoutOpt,
     border: bool = BorderOpt,
@@ -176,7 +184,7 @@ def compare(
     ev = cfg.evaluation
     req = _request(cfg, models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones), task=task,
                    benchmark=benchmark, image_level=image_level, blackout=blackout, ensemble_top=ensemble_top, command="compare",
-                   border=border, by=by)
+                   border=border, by=by, native_size=native_size, tta=tta, backbone_ensemble=backbone_ensemble)
     _run("compare", cfg, req, out)
 
 

@@ -12,11 +12,9 @@ from .common import ConfigOpt, DataOpt, ManifestOpt, SetOpt, build_config, conso
 
 
 def _fmt(entry: dict | None, signed: bool = False) -> str:
-    if not entry or entry["value"] is None or entry["value"] != entry["value"]:
-        return "-"
-    sign = "+" if signed else ""
-    lo, hi = entry["ci"]
-    return f"{entry['value']:{sign}.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{entry['value']:{sign}.2f}"
+    from ..evaluation.results import MetricWithCI
+
+    return MetricWithCI.of(entry).text(digits=2, signed=signed)
 
 
 def _print_report(report: dict) -> None:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from ..config import ConfigError
 from .common import ConfigOpt, DataOpt, ManifestOpt, SetOpt, build_config, console, err_console, friendly_errors, registered
 
 
@@ -84,6 +85,7 @@ def predict(
     model_dir: Path = typer.Option(Path("runs/demo"), "--model", "-m", help="Run folder with model.safetensors + model.json."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results to .csv or .json (default: print CSV)."),
     runtime: str = typer.Option("torch", help=registered("runtimes")),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Test-time augmentation: mean over each image and its mirror (torch runtime)."),
 ) -> None:
     """Class probabilities for each image. Unreadable files are reported and skipped, never fatal.
 
@@ -94,6 +96,10 @@ def predict(
     from ..inference.runtimes import create_predictor
 
     predictor = create_predictor(model_dir, runtime)
+    if tta:
+        if runtime != "torch":
+            raise ConfigError("--tta runs on the torch runtime only; drop --runtime or --tta")
+        predictor.tta = True
     empty = [p for p in paths if is_folder(p) and not expand_paths([p])]
     t = time.perf_counter()
     results = predictor.predict_paths(paths)

@@ -15,7 +15,8 @@ import yaml
 from ..registry import UnknownNameError, get_registry
 from ..tasks import MODALITIES, TRAINING_TASKS
 from .errors import ConfigError
-from .sections import DataConfig, ModelConfig, TrainConfig, ExplainConfig, SeriesConfig, EvalConfig, LungsConfig
+from .sections import (DataConfig, ModelConfig, TrainConfig, ExplainConfig, SeriesConfig, EvalConfig, LungsConfig,
+                       augment_mode)
 from .serve import ServeConfig
 
 
@@ -121,6 +122,8 @@ REGISTERED_NAMES: dict[str, str] = {
     "evaluation.baselines": "baselines",
     "data.roi": "rois",
     "data.intensity": "intensities",
+    "train.sampling": "samplings",
+    "train.augment": "augmentations",
 }
 
 
@@ -130,6 +133,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.task: unknown task {cfg.data.task!r}; choose one of: {', '.join(TRAINING_TASKS)}")
     if cfg.data.modality is not None and cfg.data.modality not in MODALITIES:
         raise ConfigError(f"data.modality: unknown modality {cfg.data.modality!r}; choose one of: {', '.join(MODALITIES)}")
+    cfg.train.augment = augment_mode(cfg.train.augment)  # true / false of older configs -> basic / none
     for dotted, kind in REGISTERED_NAMES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -150,6 +154,7 @@ def _check_ranges(cfg: Config) -> None:
         ("serve.port", cfg.serve.port, 1, 65535),
         ("data.max_decoded_bytes", cfg.data.max_decoded_bytes, 1, None),
         ("data.max_aspect_ratio", cfg.data.max_aspect_ratio, 1, None),
+        ("train.source_min_images", cfg.train.source_min_images, 1, None),
     )
     for dotted, value, lo, hi in checks:
         if value < lo or (hi is not None and value > hi):

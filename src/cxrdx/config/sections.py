@@ -86,13 +86,39 @@ class TrainConfig:
     finetune_epochs: int = 4
     finetune_lr: float = 1e-4
     finetune_batch_size: int = 16
-    augment: bool = True
+    augment: str | bool = "basic"
+    """Fine-tuning augmentation (``cxrdx.data.transforms``): ``none``, ``basic`` (small affine + brightness /
+    contrast; what ``true`` meant before) or ``domain`` (basic + contrast, gamma, blur, crops and burned-in
+    markers, for unseen hospitals). ``true`` / ``false`` still work (-> basic / none)."""
+    sampling: str = "none"
+    """Training-row weights (``cxrdx.data.sampling``): ``none`` or ``source_balanced`` (within each class every
+    manifest ``source`` has the same total weight; classes still balanced with ``class_weighted``). Used by
+    head training, fine-tuning, cv, compare and leave-one-source-out alike; no ``source`` column -> none + a warning."""
+    source_min_images: int = 20
+    """``source_balanced``: a source with ``n`` < this many images of a class gets ``n / source_min_images`` of a
+    full source's share of that class (so 3 images of one archive do not carry a third of the class)."""
     precision: str = "auto"
     """Training forwards: ``auto`` = bf16 autocast on CUDA and on CPUs with native bf16 (Intel AMX /
     AVX512-BF16; about 2x faster head training there), fp32 elsewhere; or force ``bf16`` / ``fp32``.
     Weights and optimiser state stay fp32; so do the predictions of the saved model."""
     num_workers: int = 0
     threads: int | None = None
+    feature_runtime: str = "onnx"
+    """What computes the frozen backbone's maps for ``cxrdx train`` / ``demo`` (and the test part they score):
+    ``onnx`` (ONNX Runtime fp32 on the CPU, ~3x faster there; torch on a GPU) or ``torch``. Not bit-identical
+    (~1e-6 relative), so each has its own cache entries; the run's ``model.json`` records which one it used."""
+
+
+AUGMENT_ALIASES = {"true": "basic", "yes": "basic", "on": "basic", "1": "basic",
+                   "false": "none", "no": "none", "off": "none", "0": "none"}
+
+
+def augment_mode(value: str | bool) -> str:
+    """``train.augment`` as a mode name: booleans (and their strings) of older configs -> ``basic`` / ``none``."""
+    if isinstance(value, bool):
+        return "basic" if value else "none"
+    text = str(value).strip().lower()
+    return AUGMENT_ALIASES.get(text, text)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from .paths import default_home_dir
 @dataclass
 class ServeConfig:
     model_dir: str = "runs/demo"
-    """Run folder served (model.safetensors + model.json; model.onnx for runtime onnx)."""
+    """Run folder(s) served (model.safetensors + model.json; model.onnx for runtime onnx). Several, separated by
+    commas (``cxrdx serve --model A --model B``): one model per modality (xray, ct), routed by the input guard."""
     runtime: str = "torch"
     """``torch`` or ``onnx`` (``cxrdx export --onnx RUN_DIR`` first). Grad-CAM always uses torch."""
     host: str = "127.0.0.1"
@@ -42,6 +43,13 @@ class ServeConfig:
     """At most this many seconds between two pieces of a request body (408 ``body_timeout``)."""
     keep_alive_s: int = 5
     """Idle keep-alive connections are closed after this many seconds."""
+
+    def model_dirs(self) -> list[str]:
+        """:attr:`model_dir` as a list of run folders (at least one)."""
+        dirs = [d.strip() for d in str(self.model_dir).split(",") if d.strip()]
+        if not dirs:
+            raise ConfigError("serve.model_dir: no run folder given")
+        return dirs
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -20,7 +20,8 @@ from ..models.weights import WeightsUnavailableError
 from .benchmark import get_benchmark, task_classes, task_manifest
 from .confounding import (BLACKOUT_VARIANT, BORDER_FRACTION, BORDER_VARIANT, blackout_fn, border_only_fn, chance_levels,
                           region_kinds, shortcut_verdict)
-from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv
+from .architectures import architecture_section
+from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv, tta_run
 from .feature_maps import aligned, feature_maps
 from .loso import loso_section, source_plan
 from .results import CVSummary
@@ -45,6 +46,13 @@ class GridRequest:
     by: str = "patient"
     """``patient``: random patient-grouped folds; ``source``: also leave-one-source-out, shown first."""
     command: str = "compare"
+    native_size: bool = False
+    """Feed each backbone at its own input size (``BackboneSpec.input_size``: Lite1 240, Lite2 260), not ``data.image_size``."""
+    backbone_ensemble: bool = True
+    """With several backbones: also the ensemble of the best candidate (by validation) of each backbone."""
+    tta: bool = False
+    """Test-time augmentation: every head / baseline is also scored on the mean of the image's and its mirror's
+    probabilities (validation and test alike; the same trained models), as candidate ``<name>+tta``."""
 
 
 @dataclass
@@ -66,6 +74,7 @@ def table_row(summary: CVSummary) -> dict:
     m = summary.pooled
     return {
         "name": summary.name, "description": summary.model["description"], "status": "ok",
+        **{k: summary.model.get(k) for k in ("kind", "backbone", "head", "variant", "image_size")},
         **_columns(accuracy=m.accuracy, macro_f1=m.macro("f1"), covid_sensitivity=m.per_class("covid", "sensitivity"),
                    covid_specificity=m.per_class("covid", "specificity"), macro_auc=m.macro("auc")),
         "ece": summary.ece, "val_macro_f1": summary.mean_val_macro_f1, "val_log_loss": summary.mean_val_log_loss,
@@ -108,10 +117,30 @@ CONTROLS = {
 """Shortcut controls: extra feature set name -> (cache variant, image_fn factory, verdict wording)."""
 
 
-def _control_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, name: str, progress: bool) -> np.ndarray:
+def _control_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, name: str, progress: bool, image_size: int | None = None
+                  ) -> np.ndarray:
     variant, make_fn, _ = CONTROLS[name]
-    maps, kept = config_maps(cfg, manifest, backbone, variant=variant, image_fn=make_fn(cfg.data.resolved_root()), progress=progress)
+    maps, kept = config_maps(cfg, manifest, backbone, variant=variant, image_fn=make_fn(cfg.data.resolved_root()),
+                             image_size=image_size, progress=progress)
     return aligned(maps, kept, manifest)
+
+
+def _mirror(grey: np.ndarray, row) -> np.ndarray:
+    return np.ascontiguousarray(grey[:, ::-1])
+
+
+def grid_size(cfg: Config, req: GridRequest, backbone: str) -> int:
+    """Input size of ``backbone`` in this grid: its native size with ``req.native_size``, else ``data.image_size``."""
+    from ..models.backbones import get_spec
+
+    return get_spec(backbone).input_size[1] if req.native_size else cfg.data.image_size
+
+
+def _finetune_blocks(cfg: Config, backbone: str) -> int:
+    """``train.finetune_blocks``, or 0 for a backbone with nothing to fine-tune (the raw-signal one)."""
+    from ..models.backbones import get_spec
+
+    return cfg.train.finetune_blocks if get_spec(backbone).has_weights else 0
 
 
 def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True, log=print) -> dict:
@@ -124,8 +153,11 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
     loso_runs: dict[str, CVRun] = {}
     loso_plan = None
     for backbone in req.backbones:
+        size = grid_size(cfg, req, backbone)
+        ft_blocks = _finetune_blocks(cfg, backbone)
+        ft_cfg = _finetune_cfg(cfg) if ft_blocks else None
         try:
-            maps, kept = config_maps(cfg, manifest, backbone, progress=progress)
+            maps, kept = config_maps(cfg, manifest, backbone, image_size=size, progress=progress)
         except WeightsUnavailableError as exc:
             log(f"[yellow]skipped[/] {backbone}: weights unavailable offline")
             result.rows.append(_skipped_row(f"{backbone} + {', '.join(req.models)}",
@@ -137,7 +169,11 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         extra = {}
         for name, wanted in (("lungs_blacked_out", req.blackout), ("border_only", req.border)):
             if wanted:
-                extra[name] = _control_maps(cfg, rows, backbone, name, progress)
+                extra[name] = _control_maps(cfg, rows, backbone, name, progress, image_size=size)
+        tta_maps = None
+        if req.tta:
+            mirrored, kept_m = config_maps(cfg, rows, backbone, variant="hflip", image_fn=_mirror, image_size=size, progress=progress)
+            tta_maps = aligned(mirrored, kept_m, rows)
         if req.blackout:
             extras_note = region_kinds(rows, root)
         if extra:
@@ -145,17 +181,18 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         if req.by == "source":
             loso_plan = source_plan(rows, ev.min_source_images, ev.fold_seed, ev.val_fraction)
         for model in req.models:
-            cand = Candidate.parse(model, backbone, image_size=cfg.data.image_size, finetune_blocks=cfg.train.finetune_blocks)
+            cand = Candidate.parse(model, backbone, image_size=size, finetune_blocks=ft_blocks)
             run = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
-                         extra_maps=extra, plan=plan, finetune_cfg=_finetune_cfg(cfg), progress=progress)
-            summary, _ = summarise(run, ev, full=False)
-            result.runs[cand.name] = run
-            result.rows.append(table_row(summary))
-            log(f"{cand.name}: accuracy {summary.pooled.accuracy.value:.3f}, macro-F1 {summary.pooled.macro('f1').value:.3f} "
-                f"(val {run.mean_val_f1:.3f}) in {run.seconds:.0f} s")
+                         extra_maps=extra, plan=plan, finetune_cfg=ft_cfg, progress=progress, tta_maps=tta_maps)
+            for r in [run] + ([tta_run(run)] if tta_maps is not None and run.folds[0].tta_probs is not None else []):
+                summary, _ = summarise(r, ev, full=False)
+                result.runs[r.candidate.name] = r
+                result.rows.append(table_row(summary))
+                log(f"{r.candidate.name}: accuracy {summary.pooled.accuracy.value:.3f}, macro-F1 "
+                    f"{summary.pooled.macro('f1').value:.3f} (val {r.mean_val_f1:.3f}) in {r.seconds:.0f} s")
             if loso_plan is not None:
                 loso = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
-                              plan=loso_plan.folds, finetune_cfg=_finetune_cfg(cfg), progress=progress)
+                              plan=loso_plan.folds, finetune_cfg=ft_cfg, progress=progress)
                 loso_runs[cand.name] = loso
                 log(f"{cand.name} leave-one-source-out: " + ", ".join(
                     f"{s} {np.mean(f.test_probs.argmax(1) == rows['target'].to_numpy()[f.test_idx]):.3f}"
@@ -171,6 +208,12 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         result.runs[ens.candidate.name] = ens
         result.rows.append(table_row(summary))
         log(f"{ens.candidate.name}: accuracy {summary.pooled.accuracy.value:.3f} (val {ens.mean_val_f1:.3f})")
+    ens = backbone_ensemble(same_rows) if req.backbone_ensemble else None
+    if ens is not None and ens.candidate.name not in result.runs:
+        summary, _ = summarise(ens, ev, full=False)
+        result.runs[ens.candidate.name] = ens
+        result.rows.append(table_row(summary))
+        log(f"{ens.candidate.name}: accuracy {summary.pooled.accuracy.value:.3f} (val {ens.mean_val_f1:.3f})")
     ranked = sorted([r for r in result.rows if r["status"] == "ok"], key=lambda r: _rank_key(result.runs[r["name"]]))
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
@@ -182,6 +225,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         "rows": ranked + skipped,
         "ranked_by": "mean inner-validation macro-F1 over folds, ties by validation log-loss (test folds never used to rank)",
         "best": best, "blackout_regions": extras_note,
+        "architectures": architecture_section(result.runs, ev),
     }
     if loso_runs:
         same = {n: r for n, r in loso_runs.items() if r.manifest["image"].equals(loso_plan_rows(loso_runs))}
@@ -195,6 +239,18 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
             out[key] = _trained_on_control(cfg, task_classes(task), backbone, rows, plan, maps, name, progress=progress)
     out["_predictions"] = predictions
     return out
+
+
+def backbone_ensemble(ranked: list[CVRun]) -> CVRun | None:
+    """Mean probabilities of the best candidate (by validation) of each backbone; None with fewer than two."""
+    best: dict[str, CVRun] = {}
+    for run in ranked:  # already in validation order
+        if run.candidate.kind != "ensemble":
+            best.setdefault(run.candidate.backbone, run)
+    if len(best) < 2:
+        return None
+    members = sorted(best.values(), key=_rank_key)
+    return average_runs(members, "ensemble of backbones(" + " + ".join(r.candidate.name for r in members) + ")")
 
 
 def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: bool) -> CVSummary:

@@ -24,6 +24,7 @@ from sklearn.metrics import f1_score, log_loss
 
 from ..config import Config, ConfigError, EvalConfig, ModelConfig, TrainConfig
 from ..data.io import ReadLimits
+from ..data.sampling import manifest_weights
 from ..data.splits import assert_no_patient_leakage, kfold_indices
 from ..features.roi import RoiSetting, record_setting
 from ..inference.predictor import Predictor
@@ -87,6 +88,8 @@ class FoldPrediction:
     val_f1: float = float("nan")
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
+    tta_probs: tuple[np.ndarray, np.ndarray] | None = None
+    """Test-time augmentation: (validation, test) probabilities averaged with the mirrored images' (``tta_maps``)."""
 
 
 @dataclass
@@ -140,15 +143,24 @@ def head_train_config(train: TrainConfig, ev: EvalConfig) -> TrainConfig:
     return cfg
 
 
-def _train_fold_head(cand, maps, y, train, val, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig):
+def fold_weights(rows: pd.DataFrame, train: np.ndarray, train_cfg: TrainConfig, *, class_weighted: bool | None = None):
+    """Per-row weights of a fold's training rows under ``train.sampling`` (None for ``none``: the trainers'
+    own class weighting, unchanged)."""
+    if train_cfg.sampling == "none":
+        return None
+    return manifest_weights(rows.iloc[train], train_cfg.sampling, min_group=train_cfg.source_min_images,
+                            class_weighted=train_cfg.class_weighted if class_weighted is None else class_weighted)
+
+
+def _train_fold_head(cand, maps, y, train, val, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig, weights=None):
     torch.manual_seed(train_cfg.seed)
     head = create_head(cand.head, maps.shape[1], n_cls, hidden=model_cfg.hidden, proj_dim=model_cfg.proj_dim, dropout=model_cfg.dropout)
-    result = train_head(head, maps[train], y[train], maps[val], y[val], train_cfg, n_cls, progress=False)
+    result = train_head(head, maps[train], y[train], maps[val], y[val], train_cfg, n_cls, progress=False, sample_weight=weights)
     return head, {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
 
 
-def _fit_head(cand, maps, y, train, val, evals, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig):
-    head, info = _train_fold_head(cand, maps, y, train, val, n_cls, model_cfg, train_cfg)
+def _fit_head(cand, maps, y, train, val, evals, n_cls, model_cfg: ModelConfig, train_cfg: TrainConfig, weights=None):
+    head, info = _train_fold_head(cand, maps, y, train, val, n_cls, model_cfg, train_cfg, weights)
     outs = [predict_proba(head, x) for x in evals]
     return predict_proba(head, maps[val]), outs, info
 
@@ -165,7 +177,8 @@ def _fit_finetuned(cand, maps, y, train, val, test, classes, cfg: Config, rows: 
     """Stage (a) on the cached maps, then stage (b): the last ``train.finetune_blocks`` backbone blocks and the
     head trained end to end on the fold's training images (augmented); validation and test fold scored from
     their images. Early stopping on the validation part, as everywhere."""
-    head, info = _train_fold_head(cand, maps, y, train, val, len(classes), cfg.model, head_train_config(cfg.train, cfg.evaluation))
+    head, info = _train_fold_head(cand, maps, y, train, val, len(classes), cfg.model, head_train_config(cfg.train, cfg.evaluation),
+                                  fold_weights(rows, train, cfg.train))
     model = create_model(cand.backbone, cand.head, weights=cfg.model.weights, classes=list(classes), hidden=cfg.model.hidden,
                          proj_dim=cfg.model.proj_dim, dropout=cfg.model.dropout, image_size=cand.image_size)
     record_setting(model.info, RoiSetting.from_config(cfg.data))  # fine-tune and score on the features' region
@@ -177,11 +190,14 @@ def _fit_finetuned(cand, maps, y, train, val, test, classes, cfg: Config, rows: 
     return _image_probs(model, rows.iloc[val], limits), [_image_probs(model, rows.iloc[test], limits)], info
 
 
-def _fit_sklearn(cand, pooled, y, train, val, evals, n_cls, seed: int):
+def _fit_sklearn(cand, pooled, y, train, val, evals, n_cls, seed: int, weights=None):
+    """``weights``: per training row (class balance is the baselines' own ``class_weight="balanced"``)."""
     baseline = BASELINES.get(cand.kind)
     best = None
     for c in baseline.c_grid:  # regularisation chosen on the validation part only
-        model = baseline.make(c, seed).fit(pooled[train], y[train])
+        model = baseline.make(c, seed)
+        fit_args = {} if weights is None else {f"{model.steps[-1][0]}__sample_weight": weights}
+        model = model.fit(pooled[train], y[train], **fit_args)
         val_probs = model.predict_proba(pooled[val])
         score = _macro_f1(y[val], val_probs, n_cls)
         if best is None or score > best[0]:
@@ -204,12 +220,16 @@ def run_cv(
     plan: list | None = None,
     finetune_cfg: Config | None = None,
     progress: bool = True,
+    tta_maps: np.ndarray | None = None,
 ) -> CVRun:
     """Cross-validate ``candidate`` on feature ``maps`` (``[N, C, H, W]``, rows of ``manifest``).
 
     With ``finetune_cfg`` (whose ``train.finetune_blocks`` > 0), a head candidate is also fine-tuned end to
     end in every fold (:func:`_fit_finetuned`; minutes per fold on a CPU). Its folds carry no ``extra_maps``
-    predictions: those are scores of the frozen backbone's cached features."""
+    predictions: those are scores of the frozen backbone's cached features.
+
+    ``tta_maps``: the maps of the mirrored images (same rows); each fold then also keeps ``tta_probs``, the
+    same fold model's validation and test probabilities averaged over both (:func:`tta_run`)."""
     t0 = time.perf_counter()
     model_cfg = model_cfg or ModelConfig()
     tcfg = head_train_config(train_cfg or TrainConfig(), ev)
@@ -218,28 +238,47 @@ def run_cv(
     plan = plan if plan is not None else fold_plan(manifest, ev.folds, ev.fold_seed, ev.val_fraction, group_by)
     extra_maps = extra_maps or {}
     if candidate.kind == "head":
-        data = torch.from_numpy(np.asarray(maps, dtype=np.float32))
-        extras = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in extra_maps.items()}
+        prep = lambda m: torch.from_numpy(np.asarray(m, dtype=np.float32))  # noqa: E731
     else:
-        data = np.asarray(maps, dtype=np.float32).mean(axis=(2, 3))
-        extras = {k: np.asarray(v, dtype=np.float32).mean(axis=(2, 3)) for k, v in extra_maps.items()}
+        prep = lambda m: np.asarray(m, dtype=np.float32).mean(axis=(2, 3))  # noqa: E731
+    data = prep(maps)
+    extras = {k: prep(v) for k, v in extra_maps.items()}
+    tta = prep(tta_maps) if tta_maps is not None and finetune_cfg is None else None
     folds: list[FoldPrediction] = []
     with progress_bar(total=len(plan), description=f"cv {candidate.name}", enabled=progress) as bar:
         for k, (train, val, test) in enumerate(plan):
             t = time.perf_counter()
-            evals = [data[test]] + [extras[name][test] for name in extras]
+            evals = [data[test]] + [extras[name][test] for name in extras] + ([tta[val], tta[test]] if tta is not None else [])
             if candidate.kind == "head" and finetune_cfg is not None:
                 val_probs, outs, info = _fit_finetuned(candidate, data, y, train, val, test, classes, finetune_cfg, manifest)
             elif candidate.kind == "head":
-                val_probs, outs, info = _fit_head(candidate, data, y, train, val, evals, n_cls, model_cfg, tcfg)
+                val_probs, outs, info = _fit_head(candidate, data, y, train, val, evals, n_cls, model_cfg, tcfg,
+                                                  fold_weights(manifest, train, tcfg))
             else:
-                val_probs, outs, info = _fit_sklearn(candidate, data, y, train, val, evals, n_cls, tcfg.seed)
+                val_probs, outs, info = _fit_sklearn(candidate, data, y, train, val, evals, n_cls, tcfg.seed,
+                                                     fold_weights(manifest, train, tcfg, class_weighted=False))
+            tta_probs = None
+            if tta is not None and len(outs) == len(evals):
+                tta_probs = ((val_probs + outs[-2]) / 2, (outs[0] + outs[-1]) / 2)
+                outs = outs[:-2]
             folds.append(FoldPrediction(
                 k, train, val, test, val_probs, outs[0], dict(zip(extras, outs[1:])),
-                _macro_f1(y[val], val_probs, n_cls), info, time.perf_counter() - t,
+                _macro_f1(y[val], val_probs, n_cls), info, time.perf_counter() - t, tta_probs,
             ))
             bar.advance()
     return CVRun(candidate, tuple(classes), manifest, group_by, folds, time.perf_counter() - t0)
+
+
+def tta_run(run: CVRun) -> CVRun:
+    """``run``'s fold models scored with test-time augmentation (mean over the image and its mirror), as
+    candidate ``<name>+tta``: validation probabilities too, so that ranking it stays validation-only."""
+    y = run.manifest["target"].to_numpy()
+    folds = [FoldPrediction(f.fold, f.train_idx, f.val_idx, f.test_idx, f.tta_probs[0], f.tta_probs[1], {},
+                            _macro_f1(y[f.val_idx], f.tta_probs[0], len(run.classes)), dict(f.info), f.seconds)
+             for f in run.folds]
+    c = run.candidate
+    cand = Candidate(f"{c.name}+tta", c.kind, c.backbone, c.head, "tta-hflip", c.image_size)
+    return CVRun(cand, run.classes, run.manifest, run.group_by, folds, run.seconds)
 
 
 def average_runs(runs: list[CVRun], name: str) -> CVRun:

@@ -26,7 +26,7 @@ from .summary import roc_curves
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
-SECTIONS = ("unseen-hospitals", "metrics", "confusion", "roc", "reliability", "operating-point", "comparison", "benchmark", "confounding", "explain")
+SECTIONS = ("architectures", "unseen-hospitals", "metrics", "confusion", "roc", "reliability", "operating-point", "comparison", "benchmark", "confounding", "explain")
 
 
 class ReportError(FileNotFoundError):

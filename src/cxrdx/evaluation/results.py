@@ -21,11 +21,16 @@ class MetricWithCI:
     def has_ci(self) -> bool:
         return bool(self.ci) and self.ci[0] is not None
 
-    def text(self, digits: int = 3, missing: str = "-") -> str:
-        """``0.812 [0.770, 0.850]``, ``0.812`` without a CI, ``missing`` without a value."""
+    @classmethod
+    def of(cls, entry: dict | None) -> "MetricWithCI":
+        """From a ``{"value": ..., "ci": [low, high]}`` dict (None -> no value)."""
+        return cls(None) if not entry else cls(entry.get("value"), entry.get("ci"))
+
+    def text(self, digits: int = 3, missing: str = "-", signed: bool = False) -> str:
+        """``0.812 [0.770, 0.850]``, ``0.812`` without a CI, ``missing`` without a value; ``signed``: ``+0.012``."""
         if self.value is None or self.value != self.value:
             return missing
-        out = f"{self.value:.{digits}f}"
+        out = f"{self.value:{'+' if signed else ''}.{digits}f}"
         return out + f" [{self.ci[0]:.{digits}f}, {self.ci[1]:.{digits}f}]" if self.has_ci else out
 
 

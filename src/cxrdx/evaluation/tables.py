@@ -135,3 +135,21 @@ def loso_overview(loso: dict) -> Table:
             cells.append("-" if r is None else f"{r['unseen']['accuracy']:.3f}" + (f" ({seen['accuracy']:.3f})" if seen else ""))
         table.add_row(str(c["rank"]), c["name"], *cells)
     return table
+
+
+def architecture_table(section: dict, title: str = "The design's four architectures") -> Table:
+    """:func:`cxrdx.evaluation.architectures.architecture_section`: one row per (architecture, backbone), the
+    candidate chosen by validation, every metric with its patient-bootstrap CI."""
+    classes = section["classes"]
+    table = Table(title=f"{title} (best by validation per cell)")
+    for col in ("architecture", "backbone (px)", "model (val F1)", "accuracy [95% CI]"):
+        table.add_column(col, justify="right" if col.startswith("accuracy") else "left")
+    for c in classes:
+        table.add_column(f"{c}: sens. / spec. / prec. / F1 / AUC", justify="right")
+    table.add_column("macro AUC", justify="right")
+    for r in section["rows"]:
+        per_class = ["\n".join(_fmt(r["per_class"][c][k][0], r["per_class"][c][k][1:3])
+                               for k in ("sensitivity", "specificity", "precision", "f1", "auc")) for c in classes]
+        table.add_row(r["architecture"], f"{r['backbone']} ({r['image_size']})", f"{r['head']} ({r['val_macro_f1']:.3f})",
+                      _fmt(r["accuracy"][0], r["accuracy"][1:3]), *per_class, _fmt(r["macro_auc"][0], r["macro_auc"][1:3]))
+    return table

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from ..config import ExplainConfig
+from ..config import ConfigError, ExplainConfig
 from ..data.io import ReadLimits, read_image
 from ..data.transforms import build_transform, preprocess
 from ..features.roi import RegionOfInterest, RoiInfo
@@ -99,6 +99,8 @@ def as_grey(image: np.ndarray | str | Path | bytes, limits: ReadLimits | None = 
 
 
 def target_layer(model: HybridModel) -> torch.nn.Module:
+    if not model.spec.target_layer:  # the raw-signal backbone: no convolutional layer to explain
+        raise ConfigError(f"backbone {model.spec.name} has no convolutional layer for Grad-CAM: explain needs a CNN backbone")
     return model.backbone.get_submodule(model.spec.target_layer)
 
 

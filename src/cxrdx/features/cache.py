@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from ..data.io import ImageReadError, ReadLimits, read_image
 from ..data.transforms import build_transform, preprocess
 from ..models.hybrid import HybridModel
 from ..progress import progress_bar
+from .onnx_backbone import OnnxBackbone, resolve_runtime
 from .roi import RegionOfInterest
 
 CACHE_VERSION = "v1"
@@ -32,9 +34,12 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def cache_key(backbone: str, weights_tag: str, image_size: int, variant: str = "plain", roi: str = "") -> str:
-    """``roi``: :attr:`RegionOfInterest.key` (empty for the whole image, so those caches keep their key)."""
-    return f"{CACHE_VERSION}__{backbone}__{weights_tag}__{image_size}__{variant}" + (f"__{roi}" if roi else "")
+def cache_key(backbone: str, weights_tag: str, image_size: int, variant: str = "plain", roi: str = "",
+              runtime: str = "torch") -> str:
+    """``roi``: :attr:`RegionOfInterest.key` (empty for the whole image, so those caches keep their key).
+    ``runtime``: what computed the maps; ONNX Runtime's (not bit-identical to torch's) get an ``__onnx`` suffix."""
+    return (f"{CACHE_VERSION}__{backbone}__{weights_tag}__{image_size}__{variant}" + (f"__{roi}" if roi else "")
+            + ("" if runtime == "torch" else f"__{runtime}"))
 
 
 @dataclass
@@ -103,6 +108,7 @@ def extract_features(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    runtime: str | None = None,
 ) -> FeatureSet:
     """Backbone maps for every row of ``manifest``, from the cache or computed now.
 
@@ -115,10 +121,15 @@ def extract_features(
     ``roi``: the region of interest (default: the one ``model.info`` records, i.e. the whole image for
     models trained before ROIs). It is located on the decoded image; ``image_fn`` (a shortcut control)
     then alters the image, and the region is cut from the altered image.
+
+    ``runtime``: ``torch`` or ``onnx`` (ONNX Runtime fp32 on the CPU, ~3x faster on small CPUs, its own cache
+    entries: :mod:`cxrdx.features.onnx_backbone`); default: ``model.info.extra["feature_runtime"]``, else torch.
+    With ``onnx`` the next batch is decoded in a thread while ONNX Runtime runs.
     """
     info = model.info
     roi = roi if roi is not None else RegionOfInterest.from_model_info(info)
-    cache = FeatureCache(cache_dir, cache_key(info.backbone, info.weights_tag, info.image_size, variant, roi.key))
+    runtime = resolve_runtime(model, runtime)
+    cache = FeatureCache(cache_dir, cache_key(info.backbone, info.weights_tag, info.image_size, variant, roi.key, runtime))
     transform = build_transform(info.image_size, model.spec.mean, model.spec.std, augment=False)
     digests: list[str | None] = []
     failures: list[tuple[str, str]] = []
@@ -143,39 +154,60 @@ def extract_features(
     mine = todo[rank::world_size]
     model.eval()
     device = next(model.parameters()).device
-    with progress_bar(total=len(mine), description=f"features {info.backbone}", enabled=progress and len(mine) > 0) as bar:
-        for start in range(0, len(mine), batch_size):
-            batch_idx, greys = [], []
-            for i in mine[start : start + batch_size]:
-                try:
-                    greys.append(read_image(manifest.iloc[i]["image"], limits=limits))
-                    batch_idx.append(i)
-                except ImageReadError as exc:
-                    failures.append((str(manifest.iloc[i]["image"]), str(exc)))
-            regions = roi.locate_many(greys) if not roi.is_identity else [None] * len(greys)
-            kept_idx, tensors = [], []
-            for i, grey, where in zip(batch_idx, greys, regions):
-                row = manifest.iloc[i]
-                try:
-                    if image_fn is not None:
-                        grey = image_fn(grey, row)
-                except ImageReadError as exc:
-                    failures.append((str(row["image"]), str(exc)))
-                    continue
-                if where is not None:
-                    grey = roi.apply(grey, where)
-                    if where.fallback:
-                        fallbacks.append(str(row["image"]))
-                kept_idx.append(i)
-                tensors.append(preprocess(grey, transform))
-            batch_idx = kept_idx
+    if runtime == "onnx" and mine:
+        forward = OnnxBackbone(model, cache_dir)
+    else:
+        def forward(batch: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                return model.forward_features(batch.to(device)).float().cpu().numpy()
+
+    def load(positions: list[int]) -> tuple[list[int], list[torch.Tensor], list[tuple[str, str]], list[str]]:
+        """Read + preprocess one batch: kept rows, their tensors, failures, ROI fallbacks (no shared state)."""
+        batch_idx, greys, failed, fell_back = [], [], [], []
+        for i in positions:
+            try:
+                greys.append(read_image(manifest.iloc[i]["image"], limits=limits))
+                batch_idx.append(i)
+            except ImageReadError as exc:
+                failed.append((str(manifest.iloc[i]["image"]), str(exc)))
+        regions = roi.locate_many(greys) if greys and not roi.is_identity else [None] * len(greys)
+        kept_idx, tensors = [], []
+        for i, grey, where in zip(batch_idx, greys, regions):
+            row = manifest.iloc[i]
+            try:
+                if image_fn is not None:
+                    grey = image_fn(grey, row)
+            except ImageReadError as exc:
+                failed.append((str(row["image"]), str(exc)))
+                continue
+            if where is not None:
+                grey = roi.apply(grey, where)
+                if where.fallback:
+                    fell_back.append(str(row["image"]))
+            kept_idx.append(i)
+            tensors.append(preprocess(grey, transform))
+        return kept_idx, tensors, failed, fell_back
+
+    batches = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
+    read_ahead = runtime == "onnx"  # torch's OpenMP workers spin: a concurrent reader would slow them down
+    with progress_bar(total=len(mine), description=f"features {info.backbone}", enabled=progress and len(mine) > 0) as bar, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrdx-features") as reader:
+        pending = reader.submit(load, batches[0]) if read_ahead and batches else None
+        for n, positions in enumerate(batches):
+            if read_ahead:
+                loaded = pending.result()
+                pending = reader.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
+            else:
+                loaded = load(positions)
+            batch_idx, tensors, failed, fell_back = loaded
+            failures.extend(failed)
+            fallbacks.extend(fell_back)
             if tensors:
-                with torch.inference_mode():
-                    fmap = model.forward_features(torch.stack(tensors).to(device)).float().cpu().numpy()
+                fmap = forward(torch.stack(tensors))
                 for i, f in zip(batch_idx, fmap):
                     cache.put(digests[i], f)
                     found[i] = f.astype(np.float16)
-            bar.advance(len(mine[start : start + batch_size]))
+            bar.advance(len(positions))
     order = sorted(found)
     feats = np.stack([found[i] for i in order]) if order else np.zeros((0, model.spec.channels, 7, 7), np.float16)
     kept = manifest.iloc[order].reset_index(drop=True)

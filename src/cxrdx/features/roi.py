@@ -55,19 +55,13 @@ class RoiError(ValueError):
 
 def segmenter_digest(run_dir: str | Path) -> str:
     """``sha256:`` + 16 hex digits of the segmenter's weights and JSON: its identity in cache keys and runs."""
-    from ..models.segmenter import INFO_FILE, WEIGHTS_FILE
+    from ..models.segmenter import SegmenterError
+    from ..models.segmenter import segmenter_digest as digest
 
-    run_dir = Path(run_dir)
-    digest = hashlib.sha256()
-    for name in (INFO_FILE, WEIGHTS_FILE):
-        path = run_dir / name
-        if not path.is_file():
-            raise RoiError(f"data.lung_model: {run_dir} is not a lung segmenter run (no {name}); "
-                           "train one with `cxrdx lungs train`")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return f"sha256:{digest.hexdigest()[:16]}"
+    try:
+        return digest(run_dir)
+    except SegmenterError as exc:
+        raise RoiError(f"data.lung_model: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..models.hybrid import HybridModel, ProbabilityModel
 from ..models.outputs import probabilities
 from ..models.run import load_run, model_identity
 from ..models.static_padding import freeze_same_padding
-from .onnx_graph import optimise_for_inference
+from ..models.onnx_graph import optimise_for_inference
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -55,7 +55,7 @@ def export_model(model: HybridModel, path: str | Path, *, identity: dict | None 
 
     The spatial size is fixed at ``model.info.image_size``, so TF-style "SAME" paddings are exported as
     constants (:func:`~cxrdx.models.static_padding.freeze_same_padding`) and then folded into the
-    convolutions' own ``pads`` (:func:`~cxrdx.inference.onnx_graph.optimise_for_inference`)."""
+    convolutions' own ``pads`` (:func:`~cxrdx.models.onnx_graph.optimise_for_inference`)."""
     import onnx
 
     path = Path(path)

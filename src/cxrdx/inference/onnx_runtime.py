@@ -65,18 +65,20 @@ class OnnxPredictor(Predictor):
         """The region of interest recorded at export (the run folder's ``model.json`` wins in :meth:`from_run_dir`)."""
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, **kwargs) -> "OnnxPredictor":
-        """The run folder's ``model.onnx``, refused if the weights changed since it was exported."""
+    def from_run_dir(cls, run_dir: str | Path, file: str = ONNX_FILE, **kwargs) -> "OnnxPredictor":
+        """The run folder's ``model.onnx`` (or ``file``, e.g. ``model.int8.onnx``), refused if the weights changed
+        since it was exported."""
         run_dir = Path(run_dir)
-        path = run_dir / ONNX_FILE
+        path = run_dir / file
+        how = f"cxrdx export --onnx {run_dir}" + ("" if file == ONNX_FILE else " --quantize int8")
         if not path.is_file():
-            raise OnnxModelError(f"{path} not found: run `cxrdx export --onnx {run_dir}` first")
+            raise OnnxModelError(f"{path} not found: run `{how}` first")
         predictor = cls(path, **kwargs)
         current = model_identity(run_dir).version
         if predictor.meta.get("model_version") != current:
             raise OnnxModelError(
                 f"{path} was exported from weights {predictor.meta.get('model_version')} but {run_dir} now holds "
-                f"{current}: run `cxrdx export --onnx {run_dir}` again"
+                f"{current}: run `{how}` again"
             )
         predictor.roi = RegionOfInterest.from_model_info(read_info(run_dir / INFO_FILE)[0], threads=kwargs.get("threads"))
         return predictor

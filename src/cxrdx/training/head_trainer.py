@@ -126,20 +126,25 @@ def train_head(
     cfg: TrainConfig,
     num_classes: int,
     progress: bool = True,
+    *,
+    sample_weight: np.ndarray | None = None,
 ) -> TrainResult:
     """AdamW + (class-weighted) cross-entropy, early stopping on validation macro-F1.
 
+    ``sample_weight`` (per training row, e.g. :func:`cxrdx.data.sampling.row_weights` of ``train.sampling``)
+    replaces the class weights: a batch's loss is ``sum(w_i * CE_i) / sum(w_i)``.
     The head is left holding the weights of its best validation epoch.
     Under torchrun (a process group is running) it trains with DDP instead.
     """
     ctx = current()
     if ctx.enabled:
-        return _train_head_distributed(head, x_train, y_train, x_val, y_val, cfg, num_classes, ctx, progress)
+        return _train_head_distributed(head, x_train, y_train, x_val, y_val, cfg, num_classes, ctx, progress, sample_weight)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     yt = torch.as_tensor(y_train, dtype=torch.long)
+    rows_w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
     cpu = torch.device("cpu")
 
     def run_epoch(epoch: int, opt: torch.optim.Optimizer) -> float:
@@ -150,7 +155,8 @@ def train_head(
             idx = perm[start : start + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            loss = train_step(head, head.parameters(), opt, loss_fn, x_train[idx], yt[idx], cpu, cfg.precision)
+            fn = loss_fn if rows_w is None else row_weighted_loss(rows_w[idx])
+            loss = train_step(head, head.parameters(), opt, fn, x_train[idx], yt[idx], cpu, cfg.precision)
             total += loss.item() * len(idx)
             count += len(idx)
         return total / max(count, 1)
@@ -161,9 +167,20 @@ def train_head(
     return _fit(head, cfg, run_epoch, validate, "train head", progress)
 
 
+def row_weighted_loss(w: torch.Tensor, reduction: str = "mean"):
+    """Cross-entropy with a weight per row: ``sum(w_i * CE_i) / sum(w_i)`` (``mean``) or ``sum(w_i * CE_i)`` (``sum``)."""
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        wd = w.to(logits.device)
+        total = (nn.functional.cross_entropy(logits, y, reduction="none") * wd).sum()
+        return total / wd.sum().clamp_min(1e-12) if reduction == "mean" else total
+
+    return loss
+
+
 def _train_head_distributed(
     head: nn.Module, x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor, y_val: np.ndarray,
-    cfg: TrainConfig, num_classes: int, ctx: DistContext, progress: bool,
+    cfg: TrainConfig, num_classes: int, ctx: DistContext, progress: bool, sample_weight: np.ndarray | None = None,
 ) -> TrainResult:
     """The same recipe with DDP: one step = ``batch_size`` rows on each of ``world_size`` processes.
 
@@ -178,6 +195,7 @@ def _train_head_distributed(
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), reduction="sum")
     yt = torch.as_tensor(y_train, dtype=torch.long)
+    rows_w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
     rows = TensorDataset(torch.arange(len(x_train)))
     sampler = DistributedSampler(rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(rows, batch_size=cfg.batch_size, sampler=sampler)
@@ -189,8 +207,12 @@ def _train_head_distributed(
         for (idx,) in loader:
             if len(idx) * ctx.world_size < 2:
                 continue
-            local_weight = float(weight[yt[idx]].sum()) if weight is not None else float(len(idx))
-            loss_sum = train_step(ddp_head, head.parameters(), opt, loss_fn, x_train[idx].to(device), yt[idx].to(device),
+            fn = loss_fn
+            if rows_w is not None:
+                local_weight, fn = float(rows_w[idx].sum()), row_weighted_loss(rows_w[idx], reduction="sum")
+            else:
+                local_weight = float(weight[yt[idx]].sum()) if weight is not None else float(len(idx))
+            loss_sum = train_step(ddp_head, head.parameters(), opt, fn, x_train[idx].to(device), yt[idx].to(device),
                                   device, cfg.precision, scale=lambda loss: global_mean(loss, local_weight, ctx))
             sums += (float(loss_sum), local_weight)
         total, count = all_reduce_sum(sums)

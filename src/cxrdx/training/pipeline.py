@@ -22,6 +22,7 @@ from ..config import Config
 from ..data.io import ReadLimits
 from ..data.manifest import load_manifest
 from ..data.modality import select_modality
+from ..data.sampling import manifest_weights
 from ..data.splits import assert_no_patient_leakage, train_val_test_split
 from ..features.cache import FeatureSet, extract_features
 from ..features.roi import RoiSetting, record_setting
@@ -126,6 +127,8 @@ def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunO
     model = build_model(cfg)
     record_setting(model.info, RoiSetting.from_config(cfg.data))  # model.json says which region the model sees
     model.info.modality = df.attrs["modality"]
+    # what computes the frozen maps (model.json records it, so evaluate / predict_manifest use the same cache entries)
+    model.info.extra["feature_runtime"] = "torch" if ctx.enabled and ctx.device.type == "cuda" else cfg.train.feature_runtime
     limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
     cache_dir = cfg.data.resolved_cache_dir()
     if ctx.enabled:  # each rank fills its shard of the cache (test images too), then all read it back
@@ -140,8 +143,13 @@ def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunO
     t = time.perf_counter()
     tr_idx, y_tr = features_for(fs, train)
     va_idx, y_va = features_for(fs, val)
+    weights = None
+    if cfg.train.sampling != "none":  # rows of the feature set (unreadable images are absent)
+        weights = manifest_weights(fs.manifest.iloc[tr_idx], cfg.train.sampling, class_weighted=cfg.train.class_weighted,
+                                   min_group=cfg.train.source_min_images)
     result: TrainResult = train_head(
         model.head, fs.tensor(tr_idx), y_tr, fs.tensor(va_idx), y_va, cfg.train, len(cfg.data.classes), progress=progress,
+        sample_weight=weights,
     )
     history = {"head": result.history}
     timings["head_s"] = time.perf_counter() - t

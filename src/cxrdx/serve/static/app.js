@@ -1,5 +1,5 @@
-// cxrdx web page: upload an X-ray, show class probabilities as bars and the Grad-CAM overlay.
-// Self-contained (no network beyond this server).
+// cxrdx web page: upload a chest X-ray or CT slice, show class probabilities as bars and the Grad-CAM overlay,
+// and which served model answered. Self-contained (no network beyond this server).
 (() => {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -27,12 +27,24 @@
     return `${resp.status} ${resp.statusText}`;
   }
 
+  const MODALITY = { xray: "chest X-ray", ct: "chest CT slice", "xray+ct": "chest X-ray or CT slice" };
+
   async function loadModel() {
     const resp = await fetch("/v1/models", { headers: headers() });
     if (!resp.ok) { $("model").textContent = "model: " + (await errorText(resp)); return; }
-    const m = (await resp.json()).models[0];
-    canExplain = m.explain;
-    $("model").textContent = `model ${m.id} (${m.version}), runtime ${m.runtime}, classes: ${m.classes.join(", ")}`;
+    const listing = await resp.json();
+    const models = listing.models;
+    canExplain = models.some((m) => m.explain);
+    const describe = (m) => `${m.run} (${MODALITY[m.modality] || m.modality}): ${m.id} ${m.version}, runtime ${m.runtime}, classes: ${m.classes.join(", ")}`;
+    $("model").textContent = models.length === 1 ? "model " + describe(models[0])
+      : `${models.length} models, ${listing.routing === "guard" ? "the input guard routes each image" : "choose one below"}: ` + models.map(describe).join("; ");
+    const choice = $("model-choice");
+    choice.replaceChildren();
+    if (listing.routing !== "request") choice.append(new Option(models.length > 1 ? "automatic (input guard)" : models[0].run, ""));
+    if (models.length > 1) for (const m of models) choice.append(new Option(`${m.run} (${MODALITY[m.modality] || m.modality})`, m.run));
+    $("model-choice-label").hidden = models.length === 1;
+    const kinds = [...new Set(models.flatMap((m) => m.modality.split("+")))].map((k) => MODALITY[k] || k);
+    $("drop-what").textContent = "Drop a " + kinds.join(" or ") + " here";
   }
 
   function showProbabilities(probs, predicted) {
@@ -65,6 +77,7 @@
 
     const form = new FormData();
     form.append("file", file, file.name);
+    if ($("model-choice").value) form.append("model", $("model-choice").value);
     const url = canExplain ? "/v1/explain" : "/v1/predict";
     let resp;
     try {
@@ -78,6 +91,11 @@
     const overlayFig = $("overlay-figure");
     if (r.overlay_png_base64) { $("overlay").src = "data:image/png;base64," + r.overlay_png_base64; overlayFig.hidden = false; }
     else { overlayFig.hidden = true; }
+    const why = { guard: `the input guard read it as a ${MODALITY[r.routing.modality] || r.routing.modality}`,
+                  request: "chosen in the request", only_model: "the only model" }[r.routing.by];
+    $("answered-by").textContent = `answered by ${r.model_run} (${MODALITY[r.modality] || r.modality}; ${why})`;
+    $("answered-by").dataset.model = r.model_run;
+    $("answered-by").dataset.modality = r.modality;
     $("meta").textContent = `model ${r.model_id} ${r.model_version} (${r.runtime}); ${r.latency_ms.toFixed(0)} ms on the server; input SHA-256 ${r.input_sha256.slice(0, 16)}…  ${r.disclaimer}`;
     $("result").hidden = false;
     setStatus("done");
