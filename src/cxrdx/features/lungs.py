@@ -131,7 +131,7 @@ class LungPredictor:
         """``(N, 1, S, S)`` float32 -> lung probabilities ``(N, S, S)``."""
         if self.session is not None:
             logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-            return 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits[:, 0]))).numpy()  # no exp overflow
         return self.model.probabilities(torch.from_numpy(batch))
 
     def _predict(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, float]]:

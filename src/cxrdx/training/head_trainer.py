@@ -143,7 +143,7 @@ def train_head(
     torch.manual_seed(cfg.seed)
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    yt = torch.as_tensor(y_train, dtype=torch.long)
+    yt = torch.tensor(np.asarray(y_train), dtype=torch.long)  # a copy: y_train may be a read-only view
     rows_w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
     cpu = torch.device("cpu")
 
@@ -194,7 +194,7 @@ def _train_head_distributed(
     ddp_head = wrap_ddp(head, ctx)
     weight = class_weights(y_train, num_classes) if cfg.class_weighted else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device), reduction="sum")
-    yt = torch.as_tensor(y_train, dtype=torch.long)
+    yt = torch.tensor(np.asarray(y_train), dtype=torch.long)  # a copy: y_train may be a read-only view
     rows_w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
     rows = TensorDataset(torch.arange(len(x_train)))
     sampler = DistributedSampler(rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
