@@ -18,18 +18,27 @@ from cxrdx.inference.guard import GUARD_INFO, GUARD_WEIGHTS, GuardError, InputGu
 from test_serve_support import make_app, make_run, png_bytes
 
 
-def _blobs(rng, centre, n, dim=16, scale=1.0):
-    return centre + scale * rng.normal(size=(n, dim))
+def _blobs(rng, centre, n, scale=1.0):
+    """Non-negative points around ``centre`` (pooled ReLU features are non-negative)."""
+    return np.maximum(centre + scale * rng.normal(size=(n, len(centre))), 0.0)
 
 
-def test_guard_routes_each_modality_and_refuses_far_points(tmp_path):
+XRAY_CENTRE = np.r_[np.full(8, 6.0), np.full(8, 0.5)]
+CT_CENTRE = np.r_[np.full(8, 0.5), np.full(8, 6.0)]
+FAR_CENTRE = np.tile([6.0, 0.5], 8)
+
+
+@pytest.mark.parametrize("method", ["knn", "mahalanobis"])
+def test_guard_routes_each_modality_and_refuses_far_points(tmp_path, method):
     rng = np.random.default_rng(0)
-    cx, cc = np.zeros(16), np.full(16, 6.0)
-    guard = InputGuard.fit({"xray": _blobs(rng, cx, 300), "ct": _blobs(rng, cc, 300)},
-                           {"xray": _blobs(rng, cx, 200), "ct": _blobs(rng, cc, 200)},
-                           backbone="b", weights_tag="w", image_size=224, false_refusal=0.01)
-    held_x, held_c = _blobs(rng, cx, 500), _blobs(rng, cc, 500)
-    far = _blobs(rng, np.full(16, -20.0), 200)
+    sources = np.repeat(["a", "b"], [350, 150])
+    guard = InputGuard.fit({"xray": _blobs(rng, XRAY_CENTRE, 500), "ct": _blobs(rng, CT_CENTRE, 500)},
+                           groups={"xray": np.arange(500) // 2}, sources={"xray": sources},
+                           backbone="b", weights_tag="w", image_size=224, false_refusal=0.01, method=method)
+    assert set(guard.info["calibration"]["xray"]["per_source_quantile"]) == {"a", "b"}
+    assert guard.thresholds["xray"] == max(guard.info["calibration"]["xray"]["per_source_quantile"].values())
+    held_x, held_c = _blobs(rng, XRAY_CENTRE, 500), _blobs(rng, CT_CENTRE, 500)
+    far = _blobs(rng, FAR_CENTRE, 200)
     routes = lambda feats: [v.modality for v in guard.decide(feats)]  # noqa: E731
     assert np.mean([m == "xray" for m in routes(held_x)]) >= 0.95
     assert np.mean([m == "ct" for m in routes(held_c)]) >= 0.95
@@ -39,9 +48,24 @@ def test_guard_routes_each_modality_and_refuses_far_points(tmp_path):
 
     guard.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([GUARD_INFO, GUARD_WEIGHTS])
-    assert json.loads((tmp_path / GUARD_INFO).read_text())["modalities"] == ["ct", "xray"]
+    saved = json.loads((tmp_path / GUARD_INFO).read_text())
+    assert saved["modalities"] == ["ct", "xray"] and saved["method"] == guard.method
     again = InputGuard.load(tmp_path)
     assert routes(held_x[:50]) == [v.modality for v in again.decide(held_x[:50])]
+
+
+def test_a_guard_saved_before_the_method_field_loads_as_the_gaussian(tmp_path):
+    rng = np.random.default_rng(2)
+    guard = InputGuard.fit({"xray": _blobs(rng, XRAY_CENTRE, 100)}, backbone="b", weights_tag="w", image_size=224,
+                           method="mahalanobis")
+    guard.save(tmp_path)
+    meta = json.loads((tmp_path / GUARD_INFO).read_text())
+    del meta["method"]
+    (tmp_path / GUARD_INFO).write_text(json.dumps(meta))
+    old = InputGuard.load(tmp_path)
+    feats = _blobs(rng, XRAY_CENTRE, 20)
+    assert old.method == "mahalanobis-ledoit-wolf"
+    assert np.allclose(old.distances(feats)["xray"], guard.distances(feats)["xray"])
 
 
 def test_guard_errors_are_one_line(tmp_path):
@@ -52,9 +76,10 @@ def test_guard_errors_are_one_line(tmp_path):
     with pytest.raises(GuardError, match="unreadable input guard"):
         InputGuard.load(tmp_path)
     rng = np.random.default_rng(1)
-    with pytest.raises(GuardError, match="at least 10"):
-        InputGuard.fit({"xray": rng.normal(size=(5, 4))}, {"xray": rng.normal(size=(5, 4))},
-                       backbone="b", weights_tag="w", image_size=224)
+    with pytest.raises(GuardError, match="at least 20"):
+        InputGuard.fit({"xray": rng.normal(size=(15, 4))}, backbone="b", weights_tag="w", image_size=224)
+    with pytest.raises(GuardError, match="unknown guard method"):
+        InputGuard.fit({"xray": rng.normal(size=(30, 4))}, backbone="b", weights_tag="w", image_size=224, method="svm")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +95,7 @@ def guarded_run(tmp_path_factory):
     torch.manual_seed(0)
     pics = [make_xray((int(200 + 7 * (i % 9)), int(220 + 11 * (i % 7))), seed=i) for i in range(90)]
     feats = array_features(model, pics)
-    guard = InputGuard.fit({"xray": feats[:60]}, {"xray": feats[60:]}, backbone=model.info.backbone,
+    guard = InputGuard.fit({"xray": feats}, backbone=model.info.backbone,
                            weights_tag=model.info.weights_tag, image_size=model.info.image_size, false_refusal=0.02)
     guard.save(run)
     return run

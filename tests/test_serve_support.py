@@ -109,15 +109,13 @@ def synthetic_features(run: Path, modalities: tuple[str, ...] = ("xray", "ct"), 
 
 
 def fit_guard_on(features: dict[str, np.ndarray], run: Path, save_to: list[Path]):
-    """A real :class:`~cxrdx.inference.guard.InputGuard` on ``features`` (2/3 fit the Gaussians, 1/3 set the
-    thresholds), for ``run``'s backbone, saved into each of ``save_to``."""
+    """A real :class:`~cxrdx.inference.guard.InputGuard` on ``features`` (thresholds from out-of-fold distances),
+    for ``run``'s backbone, saved into each of ``save_to``."""
     from cxrdx.inference.guard import InputGuard
     from cxrdx.models.run import read_info
 
     info = read_info(run / "model.json")[0]
-    cut = {m: 2 * len(f) // 3 for m, f in features.items()}
-    guard = InputGuard.fit({m: f[: cut[m]] for m, f in features.items()}, {m: f[cut[m]:] for m, f in features.items()},
-                           backbone=info.backbone, weights_tag=info.weights_tag, image_size=info.image_size,
+    guard = InputGuard.fit(features, backbone=info.backbone, weights_tag=info.weights_tag, image_size=info.image_size,
                            false_refusal=0.02)
     for target in save_to:
         guard.save(target)

@@ -20,12 +20,15 @@ def fit(
     models: list[Path] = typer.Option(..., "--model", "-m", help="Run folder(s) to give the guard (same backbone); repeatable."),
     xray: Path = typer.Option(Path("../shared/data/cxr3"), "--xray", help="Chest X-ray dataset (manifest folder)."),
     ct: Optional[Path] = typer.Option(Path("../shared/data/ct2"), "--ct", help="CT-slice dataset (manifest folder); '' for none."),
-    false_refusal: float = typer.Option(0.01, help="Wanted share of real images refused: each threshold is this quantile of validation distances."),
+    false_refusal: float = typer.Option(0.005, help="Wanted share of a source's real images refused: each threshold is the worst source's "
+                                        "(1 - this) quantile of out-of-fold distances."),
+    method: str = typer.Option("knn", help="knn (cosine distance to the 10th nearest reference image) | mahalanobis (one Gaussian)."),
     noise: int = typer.Option(100, help="Synthetic noise images to check refusal on."),
     seed: int = typer.Option(42, help="Patient split seed (the same as `cxrdx train`'s data.split_seed)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the check to this JSON (default: guard_report.json in each run)."),
 ) -> None:
-    """Fit per-modality Gaussians on train patients, thresholds on validation patients; check on test patients,
+    """Fit each modality's distance on train + validation patients (thresholds from patient-grouped out-of-fold
+    distances, worst source); check on test patients,
     scikit-image's pictures and noise. Writes guard.json + guard.safetensors (+ guard_report.json) into each run."""
     from ..data.manifest import load_manifest
     from ..inference.guard import GUARD_INFO, GuardError
@@ -45,7 +48,7 @@ def fit(
         df = load_manifest(root, classes=classes)
         parts[modality] = modality_rows(model, df, default_cache_dir(), seed=seed, progress=True)
     try:
-        guard = fit_guard(model, parts, false_refusal=false_refusal)
+        guard = fit_guard(model, parts, false_refusal=false_refusal, method=method)
         for run_dir, info in runs:
             guard.check_compatible(info)
     except GuardError as exc:

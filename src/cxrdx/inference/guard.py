@@ -2,18 +2,20 @@
 
 The guard looks at the frozen backbone's pooled features (the ``C x h x w`` map
 averaged to ``C`` numbers) and measures how far an image lies from each
-modality's training images: one Gaussian per modality, with a Ledoit-Wolf
-shrinkage covariance, and the squared Mahalanobis distance to it. Each
-modality's threshold is the ``1 - false_refusal`` quantile of the distances of
-*held-out* validation images of that modality, so about ``false_refusal`` of
-real images are wrongly refused by construction. An image within one or more
-thresholds goes to the modality whose distance is smallest relative to its
-threshold; an image outside all of them is refused (:class:`NotAChestImageError`,
-HTTP 422 ``not_a_chest_image``).
+modality's images (:mod:`cxrdx.inference.guard_scores`): by default the cosine
+distance to the 10th nearest reference image on power-normalised features.
+Each modality's threshold is calibrated on out-of-fold distances of all its
+fitting images (patient-grouped folds) as the ``1 - false_refusal`` quantile of
+the *worst* source, so about ``false_refusal`` of a source's real images, at
+most, are wrongly refused. An image within one or more thresholds goes to the
+modality whose distance is smallest relative to its threshold; an image outside
+all of them is refused (:class:`NotAChestImageError`, HTTP 422
+``not_a_chest_image``).
 
-Saved in a run folder as ``guard.json`` (modalities, thresholds, the
-features' backbone, validation numbers) and ``guard.safetensors`` (per modality
-the mean and the inverse covariance): no pickle.
+Saved in a run folder as ``guard.json`` (method, modalities, thresholds, the
+features' backbone, calibration numbers) and ``guard.safetensors`` (per modality
+the reference features, or a Gaussian's mean and inverse covariance for guards
+fitted with ``--method mahalanobis``): no pickle.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from ..data.errors import ImageReadError
 from ..data.io import read_image
 from ..models.hybrid import HybridModel
 from ..models.outputs import probabilities
+from .guard_scores import DEFAULT_NEIGHBOURS, crossfit_threshold, distance_class, out_of_fold_distances
 
 GUARD_INFO = "guard.json"
 GUARD_WEIGHTS = "guard.safetensors"
-DEFAULT_FALSE_REFUSAL = 0.01
+DEFAULT_FALSE_REFUSAL = 0.005
+"""Per source: with ~60 images a source's 1 % quantile is its largest value, and a 2 % goal needs room for that noise."""
 MODALITY_NAMES = {"xray": "chest X-ray", "ct": "chest CT slice"}
 MODALITY_PLURALS = {"xray": "chest X-rays", "ct": "chest CT slices"}
 
@@ -76,48 +80,53 @@ class InputGuard:
     weights_tag: str
     image_size: int
     modalities: list[str]
-    means: dict[str, np.ndarray]
-    precisions: dict[str, np.ndarray]
+    measures: dict
+    """modality -> a distance from :mod:`~cxrdx.inference.guard_scores` (callable on ``[N, C]`` features)."""
     thresholds: dict[str, float]
     false_refusal: float = DEFAULT_FALSE_REFUSAL
     info: dict = field(default_factory=dict)
     roi: str = ""
     """The features' region of interest (:attr:`RoiSetting.key`; empty: the whole image)."""
 
-    @classmethod
-    def fit(cls, train: dict[str, np.ndarray], val: dict[str, np.ndarray], *, backbone: str, weights_tag: str,
-            image_size: int, false_refusal: float = DEFAULT_FALSE_REFUSAL, roi: str = "") -> "InputGuard":
-        """``train`` / ``val``: modality -> ``[N, C]`` pooled features of that modality's train / held-out rows."""
-        from sklearn.covariance import LedoitWolf
+    @property
+    def method(self) -> str:
+        return next(iter(self.measures.values())).method
 
-        if not train or set(train) != set(val):
-            raise GuardError(f"need train and validation features of the same modalities (got {sorted(train)} / {sorted(val)})")
+    @classmethod
+    def fit(cls, features: dict[str, np.ndarray], *, backbone: str, weights_tag: str, image_size: int,
+            groups: dict[str, np.ndarray] | None = None, sources: dict[str, np.ndarray] | None = None,
+            false_refusal: float = DEFAULT_FALSE_REFUSAL, method: str = "knn", neighbours: int = DEFAULT_NEIGHBOURS,
+            folds: int = 5, roi: str = "") -> "InputGuard":
+        """``features``: modality -> ``[N, C]`` pooled features of its fitting images (train + validation patients,
+        never the test patients); ``groups`` / ``sources``: modality -> ``[N]`` patient ids / source names.
+
+        The reference is fitted on all N; the threshold on out-of-fold distances (``folds`` patient-grouped folds).
+        """
+        if not features:
+            raise GuardError("need the features of at least one modality")
         if not 0 < false_refusal < 0.5:
             raise GuardError(f"false_refusal must be in (0, 0.5), not {false_refusal}")
-        means, precisions, thresholds, shrink = {}, {}, {}, {}
-        for m in sorted(train):
-            x = np.asarray(train[m], np.float64)
-            if len(x) < 10 or len(val[m]) < 10:
-                raise GuardError(f"{m}: at least 10 train and 10 validation images are needed (got {len(x)} / {len(val[m])})")
-            lw = LedoitWolf().fit(x)
-            means[m], precisions[m], shrink[m] = lw.location_, lw.precision_, float(lw.shrinkage_)
-        guard = cls(backbone, weights_tag, image_size, sorted(train), means, precisions, {}, false_refusal, roi=roi)
-        for m in guard.modalities:
-            d = guard.distances(val[m])[m]
-            thresholds[m] = float(np.quantile(d, 1.0 - false_refusal, method="higher"))
-        guard.thresholds = thresholds
-        guard.info = {"shrinkage": shrink, "train_images": {m: int(len(train[m])) for m in train},
-                      "val_images": {m: int(len(val[m])) for m in val}}
-        return guard
+        try:
+            kind = distance_class(method)
+        except ValueError as exc:
+            raise GuardError(str(exc)) from None
+        groups, sources = groups or {}, sources or {}
+        make = lambda rows: kind.fit(rows, neighbours)  # noqa: E731
+        measures, thresholds, calibration = {}, {}, {}
+        for m in sorted(features):
+            x = np.asarray(features[m], np.float64)
+            if len(x) < 20:
+                raise GuardError(f"{m}: at least 20 images are needed to fit and calibrate the guard (got {len(x)})")
+            oof = out_of_fold_distances(x, groups.get(m), make, folds)
+            thresholds[m], per_source = crossfit_threshold(oof, sources.get(m), false_refusal)
+            measures[m] = make(x)
+            calibration[m] = {"images": int(len(x)), "per_source_quantile": per_source}
+        info = {"neighbours": neighbours, "folds": folds, "calibration": calibration}
+        return cls(backbone, weights_tag, image_size, sorted(features), measures, thresholds, false_refusal, info, roi)
 
     def distances(self, feats: np.ndarray) -> dict[str, np.ndarray]:
-        """Squared Mahalanobis distance of each row to each modality."""
-        feats = np.atleast_2d(np.asarray(feats, np.float64))
-        out = {}
-        for m in self.modalities:
-            diff = feats - self.means[m]
-            out[m] = np.einsum("ij,jk,ik->i", diff, self.precisions[m], diff)
-        return out
+        """Each row's distance to each modality (the guard's method)."""
+        return {m: self.measures[m](feats) for m in self.modalities}
 
     def decide(self, feats: np.ndarray) -> list[Verdict]:
         dist = self.distances(feats)
@@ -156,10 +165,9 @@ class InputGuard:
         run_dir.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for m in self.modalities:
-            tensors[f"{m}.mean"] = self.means[m].astype(np.float64)
-            tensors[f"{m}.precision"] = self.precisions[m].astype(np.float64)
+            tensors.update(self.measures[m].tensors(m))
         save_file(tensors, str(run_dir / GUARD_WEIGHTS))
-        meta = {"method": "mahalanobis-ledoit-wolf", "features": "backbone map, spatial mean",
+        meta = {"method": self.method, "features": "backbone map, spatial mean",
                 "backbone": self.backbone, "weights_tag": self.weights_tag, "image_size": self.image_size,
                 "roi": self.roi, "modalities": self.modalities, "thresholds": self.thresholds, "false_refusal": self.false_refusal,
                 **self.info}
@@ -173,10 +181,11 @@ class InputGuard:
             meta = json.loads((run_dir / GUARD_INFO).read_text(encoding="utf-8"))
             tensors = load_file(str(run_dir / GUARD_WEIGHTS))
             mods = [str(m) for m in meta["modalities"]]
+            kind = distance_class(str(meta.get("method", "mahalanobis-ledoit-wolf")))
             extra = {k: v for k, v in meta.items() if k not in (
-                "backbone", "weights_tag", "image_size", "modalities", "thresholds", "false_refusal", "roi")}
+                "method", "backbone", "weights_tag", "image_size", "modalities", "thresholds", "false_refusal", "roi")}
             return cls(str(meta["backbone"]), str(meta["weights_tag"]), int(meta["image_size"]), mods,
-                       {m: tensors[f"{m}.mean"] for m in mods}, {m: tensors[f"{m}.precision"] for m in mods},
+                       {m: kind.from_tensors(tensors, m, meta) for m in mods},
                        {m: float(meta["thresholds"][m]) for m in mods}, float(meta["false_refusal"]), extra,
                        str(meta.get("roi", "")))
         except FileNotFoundError:

@@ -1,9 +1,10 @@
 """Fit and check the input guard (:mod:`cxrdx.inference.guard`) on real data.
 
 Each modality's manifest is split by patient (the same split as ``cxrdx train``
-with the same fractions and seed): the Gaussians are fitted on the train part,
-the thresholds are set on the validation part, and the test part (never seen by
-the guard) measures routing and false refusals, per modality and per source.
+with the same fractions and seed): the guard is fitted and calibrated on the
+train + validation patients (thresholds from patient-grouped out-of-fold
+distances, worst source), and the test part (never seen by the guard) measures
+routing and false refusals, per modality and per source.
 Out-of-distribution checks: the pictures that ship with scikit-image
 (``skimage.data``: photographs, textures, microscopy, text, faces ...) and
 synthetic noise, all read through the same decoder as a user's file.
@@ -56,11 +57,16 @@ def modality_rows(model: HybridModel, df: pd.DataFrame, cache_dir: str | Path, *
     return ModalityRows(train, val, test, feats, rows)
 
 
-def fit_guard(model: HybridModel, parts: dict[str, ModalityRows], *, false_refusal: float = DEFAULT_FALSE_REFUSAL) -> InputGuard:
+def fit_guard(model: HybridModel, parts: dict[str, ModalityRows], *, false_refusal: float = DEFAULT_FALSE_REFUSAL,
+              method: str = "knn") -> InputGuard:
+    """A guard fitted on each modality's train + validation rows (patients and sources from their manifests)."""
     info = model.info
-    return InputGuard.fit({m: p.features["train"] for m, p in parts.items()}, {m: p.features["val"] for m, p in parts.items()},
+    fitting = {m: pd.concat([p.rows["train"], p.rows["val"]], ignore_index=True) for m, p in parts.items()}
+    column = lambda m, name: fitting[m][name].astype(str).to_numpy() if name in fitting[m].columns else None  # noqa: E731
+    return InputGuard.fit({m: np.concatenate([p.features["train"], p.features["val"]]) for m, p in parts.items()},
+                          groups={m: column(m, "patient_id") for m in parts}, sources={m: column(m, "source") for m in parts},
                           backbone=info.backbone, weights_tag=info.weights_tag, image_size=info.image_size,
-                          false_refusal=false_refusal, roi=RoiSetting.from_model_info(info).key)
+                          false_refusal=false_refusal, method=method, roi=RoiSetting.from_model_info(info).key)
 
 
 def _png(arr: np.ndarray) -> bytes:
