@@ -8,6 +8,7 @@ scikit-image's pictures and noise.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,41 @@ def test_guard_on_real_cxr3_and_ct2_held_out_patients(cxr3_root, ct2_root, featu
         assert report["held_out"][modality]["routed_correctly"]["rate"] >= 0.85, report["held_out"][modality]
     assert report["out_of_distribution"]["skimage"]["refused"]["rate"] >= 0.9, report["out_of_distribution"]
     assert report["out_of_distribution"]["noise"]["refused"]["rate"] == 1.0
+
+
+def test_onnx_predictor_screens_with_the_graphs_own_pooled_features(guarded_run, tmp_path):
+    """fp32 ONNX: one backbone pass answers and feeds the guard (the torch backbone is never called); same verdicts
+    and features as torch. int8 graphs keep the torch guard (their features are not exact)."""
+    import shutil
+
+    import skimage.data
+    import torch
+
+    from cxrdx.data.io import read_image
+    from cxrdx.inference.guard import pooled
+    from cxrdx.inference.onnx_export import export_run
+    from cxrdx.inference.runtimes import create_predictor
+
+    run = Path(shutil.copytree(guarded_run, tmp_path / "run"))
+    export_run(run)
+    (tmp_path / "coffee.png").write_bytes(png_bytes(skimage.data.coffee()))
+    (tmp_path / "chest.png").write_bytes(png_bytes(make_xray(seed=99)))
+    paths = [tmp_path / "coffee.png", tmp_path / "chest.png"]
+    reference = create_predictor(run, "torch").predict_paths(paths)
+
+    onnx = create_predictor(run, "onnx")
+    assert onnx.guard_features
+
+    def no_torch_backbone(batch):
+        raise AssertionError("the torch backbone ran beside ONNX Runtime")
+
+    onnx.screen.features = no_torch_backbone
+    got = onnx.predict_paths(paths)
+    assert [p.ok for p in got] == [p.ok for p in reference] == [False, True]
+    assert got[0].error.code == "not_a_chest_image"
+    assert np.allclose([got[1].probabilities[c] for c in onnx.classes],
+                       [reference[1].probabilities[c] for c in onnx.classes], atol=1e-4)
+    batch = torch.stack([onnx.tensor(read_image(p)) for p in paths])
+    with torch.inference_mode():
+        torch_feats = pooled(onnx.screen.model.forward_features(batch))
+    assert np.allclose(onnx.probabilities_and_pooled(batch)[1], torch_feats, rtol=1e-4, atol=1e-4)

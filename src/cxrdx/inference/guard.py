@@ -227,11 +227,16 @@ class Screen:
     def verdicts(self, fmap: torch.Tensor) -> list[Verdict]:
         return self.guard.decide(pooled(fmap))
 
+    def refusals(self, pooled_features: np.ndarray, names: list[str]) -> list[ImageReadError | None]:
+        """Per image the refusal or None, from pooled features computed elsewhere (the ONNX graph's second output)."""
+        verdicts = self.guard.decide(np.asarray(pooled_features, np.float64))
+        return [self.guard.refusal(v, n, self.accepts) for v, n in zip(verdicts, names)]
+
     @torch.inference_mode()
     def screen(self, batch: torch.Tensor, names: list[str], head: bool) -> tuple[np.ndarray | None, list[ImageReadError | None]]:
         """``(probabilities or None, per-image refusal or None)``; probabilities only with ``head`` (torch runtime)."""
         fmap = self.features(batch)
-        refusals = [self.guard.refusal(v, n, self.accepts) for v, n in zip(self.verdicts(fmap), names)]
+        refusals = self.refusals(pooled(fmap), names)
         probs = probabilities(self.model.forward_head(fmap)).numpy() if head else None
         return probs, refusals
 

@@ -2,7 +2,9 @@
 
 The graph takes ``image``: ``[batch, 3, S, S]`` float32, normalised exactly as
 :func:`cxrdx.data.transforms.build_transform` does, and returns
-``probabilities``: ``[batch, classes]``. The batch axis is dynamic. Everything
+``probabilities``: ``[batch, classes]``, and ``pooled_features``: ``[batch, C]``, the
+backbone map's spatial mean from the same pass (what the input guard measures, so a
+guarded ONNX predictor needs no second backbone). The batch axis is dynamic. Everything
 the runtime needs to preprocess and label (classes, image size, mean, std,
 model id and version) is stored in the file's metadata.
 """
@@ -27,6 +29,7 @@ ONNX_FILE = "model.onnx"
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+POOLED_NAME = "pooled_features"
 META_KEY = "cxrdx"
 
 
@@ -61,15 +64,15 @@ def export_model(model: HybridModel, path: str | Path, *, identity: dict | None 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = model.info.image_size
-    wrapped = ProbabilityModel(freeze_same_padding(model, size)).eval()
+    wrapped = ProbabilityModel(freeze_same_padding(model, size), pooled_features=True).eval()
     example = torch.zeros(2, 3, size, size)
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch-size notes
         torch.onnx.export(
             wrapped, (example,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, POOLED_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, POOLED_NAME: {0: "batch"}},
         )
     proto = optimise_for_inference(tmp)
     onnx.checker.check_model(proto)

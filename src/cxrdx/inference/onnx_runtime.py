@@ -18,7 +18,7 @@ from ..data.io import ReadLimits
 from ..data.transforms import build_transform
 from ..features.roi import RegionOfInterest, RoiSetting
 from ..models.run import INFO_FILE, RunError, model_identity, read_info
-from .onnx_export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME
+from .onnx_export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME, POOLED_NAME
 from .predictor import Predictor
 
 
@@ -57,6 +57,11 @@ class OnnxPredictor(Predictor):
         if raw is None:
             raise OnnxModelError(f"{self.path} was not written by `cxrdx export --onnx` (no cxrdx metadata)")
         self.meta = json.loads(raw)
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.guard_features = POOLED_NAME in outputs and "quantization" not in self.meta
+        """The graph also gives the input guard's pooled features, and they are exact (fp32: equal to torch's to
+        ~1e-5; an int8 graph's are not, so the guard keeps the torch backbone there; exports from before
+        ``pooled_features`` too)."""
         self.model = None
         self.limits = limits or ReadLimits()
         self.batch_size = batch_size
@@ -90,3 +95,11 @@ class OnnxPredictor(Predictor):
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    def probabilities_and_pooled(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and (when :attr:`guard_features`) the guard's pooled features, from one run."""
+        if not self.guard_features:
+            return self.probabilities(batch), None
+        x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        probs, feats = self.session.run([OUTPUT_NAME, POOLED_NAME], {INPUT_NAME: x})
+        return probs, feats

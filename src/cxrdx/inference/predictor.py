@@ -170,6 +170,11 @@ class Predictor:
         """Probabilities, and per image the input guard's refusal (None: accepted; always None without a guard)."""
         if self.screen is None:
             return self.probabilities(batch), [None] * len(names)
+        one_pass = getattr(self, "probabilities_and_pooled", None)
+        if one_pass is not None:  # ONNX fp32: the guard reads the graph's own pooled features (one backbone pass)
+            probs, feats = one_pass(batch)
+            if feats is not None:
+                return probs, self.screen.refusals(feats, names)
         probs, refused = self.screen.screen(batch, names, head=self.model is not None and self.model is self.screen.model)
         return (probs if probs is not None else self.probabilities(batch)), refused
 

@@ -82,11 +82,18 @@ class HybridModel(nn.Module):
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps a model so that its output is :func:`~cxrdx.models.outputs.probabilities` (for export and serving)."""
+    """Wraps a model so that its output is :func:`~cxrdx.models.outputs.probabilities` (for export and serving).
 
-    def __init__(self, model: nn.Module):
+    ``pooled_features``: also return the backbone map's spatial mean ``[B, C]`` (what the input guard measures),
+    from the same backbone pass."""
+
+    def __init__(self, model: nn.Module, pooled_features: bool = False):
         super().__init__()
         self.model = model
+        self.pooled_features = pooled_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return probabilities(self.model(x))
+    def forward(self, x: torch.Tensor):
+        if not self.pooled_features:
+            return probabilities(self.model(x))
+        fmap = self.model.forward_features(x)
+        return probabilities(self.model.forward_head(fmap)), fmap.float().mean(dim=(2, 3))
