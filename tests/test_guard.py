@@ -200,3 +200,36 @@ def test_onnx_predictor_screens_with_the_graphs_own_pooled_features(guarded_run,
     with torch.inference_mode():
         torch_feats = pooled(onnx.screen.model.forward_features(batch))
     assert np.allclose(onnx.probabilities_and_pooled(batch)[1], torch_feats, rtol=1e-4, atol=1e-4)
+
+
+def test_server_with_onnx_runtime_screens_and_answers_from_one_onnx_pass(guarded_run, tmp_path):
+    """``cxrdx serve --runtime onnx`` with a guard: the routed path (examine -> score) answers from the ONNX graph's
+    own pass; the torch backbone is never called; a photograph is still 422 not_a_chest_image."""
+    import shutil
+
+    import skimage.data
+
+    from cxrdx.inference.onnx_export import export_run
+    from cxrdx.serve.service import Examined
+
+    run = Path(shutil.copytree(guarded_run, tmp_path / "run"))
+    export_run(run)
+    app = make_app(run, tmp_path, max_upload_bytes=2_000_000, runtime="onnx")
+    client = TestClient(app)
+
+    def no_torch_backbone(batch):
+        raise AssertionError("the torch backbone ran beside ONNX Runtime")
+
+    app.state.service.screen.features = no_torch_backbone
+    photo = client.post("/v1/predict", files={"file": ("coffee.png", png_bytes(skimage.data.coffee()), "image/png")})
+    assert photo.status_code == 422 and photo.json()["error"]["code"] == "not_a_chest_image", photo.text
+    chest = client.post("/v1/predict", files={"file": ("x.png", png_bytes(make_xray(seed=1234)), "image/png")})
+    assert chest.status_code == 200, chest.text
+    assert chest.json()["routing"]["modality"] == "xray"
+    (tmp_path / "t").mkdir()
+    torch_answer = TestClient(make_app(guarded_run, tmp_path / "t", max_upload_bytes=2_000_000)).post(
+        "/v1/predict", files={"file": ("x.png", png_bytes(make_xray(seed=1234)), "image/png")}).json()
+    assert np.allclose([chest.json()["probabilities"][c] for c in torch_answer["probabilities"]],
+                       list(torch_answer["probabilities"].values()), atol=1e-4)
+    x = app.state.service.prepare_grey(make_xray(seed=1234))
+    assert isinstance(app.state.service.examine(x)[1], Examined)  # what the ONNX path hands from examine to score

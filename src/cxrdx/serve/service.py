@@ -36,6 +36,14 @@ class Scored:
     """The region of interest the model saw (:meth:`RoiInfo.to_dict`); None for whole-image models."""
 
 
+
+@dataclass
+class Examined:
+    """What :meth:`ModelService.examine` kept of an ONNX Runtime pass: the examining model's probabilities."""
+
+    service: str
+    probabilities: np.ndarray
+
 class ModelService:
     def __init__(self, cfg: ServeConfig, data_cfg: DataConfig | None = None, run_dir: str | Path | None = None):
         """The model in ``run_dir`` (default: ``cfg.model_dir``, which must then name one run)."""
@@ -126,11 +134,16 @@ class ModelService:
         """:meth:`prepare` for an image decoded already (one decode, several models)."""
         return self.predictor.prepare(grey)
 
-    def examine(self, x: torch.Tensor | tuple[torch.Tensor, RoiInfo | None]) -> tuple[Verdict, torch.Tensor]:
-        """The input guard's verdict on one prepared input, and the backbone map it came from (model lock held).
-        Only for a model with a guard; the map lets :meth:`score` answer without a second backbone pass."""
+    def examine(self, x: torch.Tensor | tuple[torch.Tensor, RoiInfo | None]) -> tuple[Verdict, "torch.Tensor | Examined"]:
+        """The input guard's verdict on one prepared input, and what it came from (model lock held): the backbone
+        map (torch), or with an fp32 ONNX graph that gives the guard's features this model's whole answer
+        (:class:`Examined`; one backbone pass). Only for a model with a guard; :meth:`score` answers from either."""
         x = x[0] if isinstance(x, tuple) else x
         with self._model_lock:
+            one_pass = getattr(self.predictor, "probabilities_and_pooled", None)
+            if one_pass is not None and getattr(self.predictor, "guard_features", False):
+                probs, feats = one_pass(x[None])
+                return self.screen.guard.decide(feats)[0], Examined(self.name, probs)
             fmap = self.screen.features(x[None])
             return self.screen.guard.decide(pooled(fmap))[0], fmap
 
@@ -155,6 +168,9 @@ class ModelService:
         with self._model_lock:
             if fmap is None:
                 probs, refused = self.predictor.answer(x[None], ["upload"])  # the input guard's refusal, if any
+            elif isinstance(fmap, Examined):  # ONNX: this model's answer from examine, else (another model's) a pass
+                probs = fmap.probabilities if fmap.service == self.name else self.predictor.probabilities(x[None])
+                refused = [None]
             elif self.predictor.model is self.model and not getattr(self.predictor, "tta", False):  # torch: head on the map
                 with torch.inference_mode():
                     probs, refused = probabilities(self.model.forward_head(fmap)).numpy(), [None]
