@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..models.hybrid import HybridModel
-from ..models.onnx_graph import optimise_for_inference
+from ..models.onnx_graph import optimise_for_inference, session_options
 from ..models.static_padding import freeze_same_padding
 
 RUNTIMES = ("torch", "onnx")
@@ -82,13 +82,9 @@ class OnnxBackbone:
         path = Path(cache_dir) / "onnx" / f"backbone-{backbone_digest(model)}.onnx"
         if not path.is_file():
             export_backbone(model.cpu().eval(), path)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # the reader thread gets the CPU
         self.path = path
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads or torch.get_num_threads()),
+                                            providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         x = batch.numpy() if isinstance(batch, torch.Tensor) else batch

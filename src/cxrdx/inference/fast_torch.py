@@ -33,11 +33,11 @@ class Bf16Predictor(Predictor):
     def __init__(self, model: HybridModel, **kwargs):
         # A copy: the caller's model (the server's, also used by Grad-CAM) keeps its fp32 NCHW layout.
         super().__init__(copy.deepcopy(model).to(memory_format=torch.channels_last), **kwargs)
-        self.device_type = next(self.model.parameters()).device.type
+        self.device = next(self.model.parameters()).device
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        x = batch.to(next(self.model.parameters()).device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
             logits = self.model(x)
         return probabilities(logits.float().cpu()).numpy()

@@ -224,9 +224,6 @@ class Screen:
     def features(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(batch)
 
-    def verdicts(self, fmap: torch.Tensor) -> list[Verdict]:
-        return self.guard.decide(pooled(fmap))
-
     def refusals(self, pooled_features: np.ndarray, names: list[str]) -> list[ImageReadError | None]:
         """Per image the refusal or None, from pooled features computed elsewhere (the ONNX graph's second output)."""
         verdicts = self.guard.decide(np.asarray(pooled_features, np.float64))

@@ -8,7 +8,6 @@ batching and per-file error handling are the very same code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from ..data.io import ReadLimits
 from ..data.transforms import build_transform
 from ..features.roi import RegionOfInterest, RoiSetting
+from ..models.onnx_graph import session_options
 from ..models.run import INFO_FILE, RunError, model_identity, read_info
 from .onnx_export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME, POOLED_NAME
 from .predictor import Predictor
@@ -24,20 +24,6 @@ from .predictor import Predictor
 
 class OnnxModelError(RunError):
     """No ONNX file, or one that no longer matches the run folder's weights."""
-
-
-def session_options(threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1
-    # Idle worker threads sleep instead of spinning: between runs the CPU goes to decoding the next
-    # images (the predictor's reader thread, the server's other requests). +5-8 % end to end on 2 cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 class OnnxPredictor(Predictor):
@@ -96,10 +82,8 @@ class OnnxPredictor(Predictor):
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
-    def probabilities_and_pooled(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities and (when :attr:`guard_features`) the guard's pooled features, from one run."""
-        if not self.guard_features:
-            return self.probabilities(batch), None
+    def probabilities_and_pooled(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and the guard's pooled features from one run (only where :attr:`guard_features`)."""
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
         probs, feats = self.session.run([OUTPUT_NAME, POOLED_NAME], {INPUT_NAME: x})
         return probs, feats

@@ -74,6 +74,10 @@ class Predictor:
     screen = None
     """An :class:`~cxrdx.inference.guard.Screen` (input guard) that refuses non-chest images, or None."""
 
+    guard_features: bool = False
+    """The runtime's own pass also gives the input guard's pooled features (:meth:`probabilities_and_pooled`;
+    the fp32 ONNX graph), so the guard needs no torch backbone pass of its own."""
+
     tta: bool = False
     """Test-time augmentation: average the probabilities of each image and its left-right mirror (off by default)."""
 
@@ -170,11 +174,9 @@ class Predictor:
         """Probabilities, and per image the input guard's refusal (None: accepted; always None without a guard)."""
         if self.screen is None:
             return self.probabilities(batch), [None] * len(names)
-        one_pass = getattr(self, "probabilities_and_pooled", None)
-        if one_pass is not None:  # ONNX fp32: the guard reads the graph's own pooled features (one backbone pass)
-            probs, feats = one_pass(batch)
-            if feats is not None:
-                return probs, self.screen.refusals(feats, names)
+        if self.guard_features:  # ONNX fp32: the guard reads the graph's own pooled features (one backbone pass)
+            probs, feats = self.probabilities_and_pooled(batch)
+            return probs, self.screen.refusals(feats, names)
         probs, refused = self.screen.screen(batch, names, head=self.model is not None and self.model is self.screen.model)
         return (probs if probs is not None else self.probabilities(batch)), refused
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.io import read_image
-from .onnx_export import INPUT_NAME, META_KEY, ONNX_FILE, OUTPUT_NAME
+from .onnx_export import INPUT_NAME, META_KEY, OUTPUT_NAME
 
 INT8_FILE = "model.int8.onnx"
 HEAD_PREFIXES = ("/model/head", "/Softmax")
@@ -129,7 +129,8 @@ def quantize_run(run_dir: str | Path, *, images: int = 128, check_images: int = 
     """``RUN_DIR/model.onnx`` (from ``cxrdx export --onnx``) -> ``RUN_DIR/model.int8.onnx`` (or ``out``)."""
     import onnxruntime as ort
 
-    from .onnx_runtime import OnnxPredictor, session_options
+    from ..models.onnx_graph import session_options
+    from .onnx_runtime import OnnxPredictor
 
     run_dir = Path(run_dir)
     fp32 = OnnxPredictor.from_run_dir(run_dir, threads=threads)  # refuses a stale export

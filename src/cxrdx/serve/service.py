@@ -36,13 +36,13 @@ class Scored:
     """The region of interest the model saw (:meth:`RoiInfo.to_dict`); None for whole-image models."""
 
 
-
 @dataclass
 class Examined:
     """What :meth:`ModelService.examine` kept of an ONNX Runtime pass: the examining model's probabilities."""
 
     service: str
     probabilities: np.ndarray
+
 
 class ModelService:
     def __init__(self, cfg: ServeConfig, data_cfg: DataConfig | None = None, run_dir: str | Path | None = None):
@@ -140,9 +140,8 @@ class ModelService:
         (:class:`Examined`; one backbone pass). Only for a model with a guard; :meth:`score` answers from either."""
         x = x[0] if isinstance(x, tuple) else x
         with self._model_lock:
-            one_pass = getattr(self.predictor, "probabilities_and_pooled", None)
-            if one_pass is not None and getattr(self.predictor, "guard_features", False):
-                probs, feats = one_pass(x[None])
+            if self.predictor.guard_features:
+                probs, feats = self.predictor.probabilities_and_pooled(x[None])
                 return self.screen.guard.decide(feats)[0], Examined(self.name, probs)
             fmap = self.screen.features(x[None])
             return self.screen.guard.decide(pooled(fmap))[0], fmap
@@ -171,7 +170,7 @@ class ModelService:
             elif isinstance(fmap, Examined):  # ONNX: this model's answer from examine, else (another model's) a pass
                 probs = fmap.probabilities if fmap.service == self.name else self.predictor.probabilities(x[None])
                 refused = [None]
-            elif self.predictor.model is self.model and not getattr(self.predictor, "tta", False):  # torch: head on the map
+            elif self.predictor.model is self.model and not self.predictor.tta:  # torch: head on the map
                 with torch.inference_mode():
                     probs, refused = probabilities(self.model.forward_head(fmap)).numpy(), [None]
             else:
