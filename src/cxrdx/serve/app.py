@@ -200,8 +200,7 @@ def create_app(
         else:
             routed = await route(await prepared(pool.primary.decode, data), chosen, prepare=True)
         service = routed.service
-        scored = await (in_model_turn(service, service.score, routed.x, routed.fmap) if routed.fmap is not None
-                        else in_model_turn(service, service.score, routed.x))
+        scored = await in_model_turn(service, service.score, routed.x, routed.fmap)
         latency_ms = (time.perf_counter() - start) * 1000
         await record("predict", request, service, data, scored.probabilities, scored.predicted, latency_ms)
         return PredictResponse(

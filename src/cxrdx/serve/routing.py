@@ -18,7 +18,8 @@ Rules (issue 13):
 
 The guard's backbone pass is reused: when the routing guard belongs to the model that answers, or to a model
 with the same frozen backbone and input (:attr:`ModelService.feature_key`), the torch runtime answers from that
-backbone map with the answering model's head (:meth:`ModelService.score` with ``fmap``): one backbone pass per
+backbone map with the answering model's head (:meth:`ModelService.score` with ``fmap``), and the fp32 ONNX
+runtime answers from the examining pass itself when the router is the answering model: one backbone pass per
 upload. The routing guard's verdict then stands (the answering model's own guard is not asked again).
 """
 
@@ -35,7 +36,7 @@ from ..config import ConfigError, DataConfig, ServeConfig
 from ..inference.guard import MODALITY_NAMES, NotAChestImageError, Verdict
 from ..models.run import INFO_FILE, read_info
 from .errors import ServeError
-from .service import ModelService
+from .service import Examined, ModelService
 
 
 class UnknownModelError(ServeError):
@@ -61,8 +62,9 @@ class Routed:
     """The (combined) guard verdict, when a guard was asked."""
     x: tuple | None = None
     """The answering model's prepared input, when routing made it already."""
-    fmap: torch.Tensor | None = None
-    """The answering model's backbone map of ``x``, when its own guard routed (no second backbone pass)."""
+    fmap: "torch.Tensor | Examined | None" = None
+    """What the examining guard's pass left for the answer (:meth:`ModelService.examine`): a backbone map of ``x``
+    (torch), or an ONNX model's own probabilities; :meth:`ModelService.score` takes it (no second backbone pass)."""
     screened: bool = False
     """The answering model's own guard took part in the verdict (it need not screen again)."""
 
