@@ -57,11 +57,19 @@ def throughput_section(name: str, r: dict) -> list[str]:
     return lines
 
 
+def _gpu_versions(r: dict) -> str:
+    v = r.get("versions") or {}
+    parts = [f"torch {v['torch']}" if v.get("torch") else "", f"CUDA {v['cuda']}" if v.get("cuda") else "",
+             f"{r['cpu_cores']} CPU cores" if r.get("cpu_cores") else ""]
+    parts = [x for x in parts if x]
+    return f"; {', '.join(parts)}" if parts else ""
+
+
 def gpu_section(name: str, r: dict) -> list[str]:
     if r.get("gpu") is None:
         return [f"**GPU:** none. {r['note']} ({r['generated_at']}, `{r['command']}`, [{name}](benchmarks/results/{name}))."]
     lines = [f"**GPU: {r['gpu']}** ({r['generated_at']}, `{r['command']}`, [{name}](benchmarks/results/{name})); "
-             f"inference model-only, batch {r['batch_size']}, {r['images']} images ({r['inputs']}).", "",
+             f"inference model-only, batch {r['batch_size']}, {r['images']} images ({r['inputs']}){_gpu_versions(r)}.", "",
              "| variant | img/s | class agreement vs fp32 | max abs prob diff |", "|---|---|---|---|"]
     for row in r["inference"]:
         if "skipped" in row:
@@ -70,10 +78,19 @@ def gpu_section(name: str, r: dict) -> list[str]:
             lines.append(f"| {row['variant']} | {row['img_s']:.0f} | {row['class_agreement_vs_fp32']:.4f} | "
                          f"{row['max_abs_prob_diff_vs_fp32']:.1e} |")
     if r.get("end_to_end"):
-        lines.append(f"| end to end from file bytes, batch 16 (CPU decode) | {r['end_to_end']['img_s']:.0f} | | |")
-    lines += ["", "| full fine-tuning | batch | precision | train img/s |", "|---|---|---|---|"]
+        lines.append(f"| end to end from file bytes, batch 16 (CPU decode, `--runtime torch-cuda`) | "
+                     f"{r['end_to_end']['img_s']:.0f} | | |")
+    if r.get("latency"):
+        lat = r["latency"]
+        lines += ["", f"Batch-1 latency through the server's path (`torch-cuda`, file bytes -> probabilities, "
+                      f"{lat['requests']} requests): p50 {lat['latency_ms_p50']:.1f} ms, p95 {lat['latency_ms_p95']:.1f} ms."]
+    lines += ["", "| full fine-tuning | batch | precision | train img/s | peak GPU memory |", "|---|---|---|---|---|"]
     for row in r["finetune"]:
-        lines.append(f"| {row['backbone']} | {row['batch']} | {row['precision']} | {row['train_img_s']:.0f} |")
+        if "skipped" in row:
+            lines.append(f"| {row['backbone']} | skipped: {row['skipped']} | | | |")
+            continue
+        mem = f"{row['peak_memory_gb']:.1f} GB" if row.get("peak_memory_gb") is not None else "-"
+        lines.append(f"| {row['backbone']} | {row['batch']} | {row['precision']} | {row['train_img_s']:.0f} | {mem} |")
     return lines
 
 

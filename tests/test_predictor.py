@@ -85,7 +85,25 @@ def test_runtimes_registry_and_unknown_runtime(model, tmp_path):
     from cxrdx.inference.runtimes import RUNTIMES, create_predictor
     from cxrdx.registry import UnknownNameError, get_registry
 
-    assert get_registry("runtimes") is RUNTIMES and RUNTIMES.names() == ["torch", "onnx", "onnx-int8", "torch-bf16"]
+    assert get_registry("runtimes") is RUNTIMES
+    assert RUNTIMES.names() == ["torch", "onnx", "onnx-int8", "torch-bf16", "torch-cuda"]
     with pytest.raises(UnknownNameError, match="unknown runtime 'tensorrt'; choose one of: torch, onnx"):
         create_predictor(tmp_path, "tensorrt")
     assert create_predictor(tmp_path, "torch", model=model).model is model
+
+
+def test_torch_cuda_runtime_is_refused_in_one_line_without_a_gpu(model, tmp_path, monkeypatch):
+    from cxrdx.config import ConfigError
+    from cxrdx.inference.runtimes import create_predictor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="torch-cuda needs a CUDA GPU and none is visible"):
+        create_predictor(tmp_path, "torch-cuda", model=model)
+
+
+def test_predictor_runs_where_the_model_lives_and_answers_on_the_cpu(model, tmp_path):
+    """Batches move to the model's device and probabilities come back as CPU numpy (a GPU model works the same)."""
+    pred = Predictor(model)
+    assert pred.device == torch.device("cpu")
+    probs = pred.probabilities(torch.zeros(2, 3, 224, 224, dtype=torch.float32))
+    assert isinstance(probs, np.ndarray) and probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)

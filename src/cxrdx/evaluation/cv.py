@@ -265,6 +265,7 @@ def run_cv(
                 k, train, val, test, val_probs, outs[0], dict(zip(extras, outs[1:])),
                 _macro_f1(y[val], val_probs, n_cls), info, time.perf_counter() - t, tta_probs,
             ))
+            bar.set(f"fold {k + 1}: validation macro-F1 {folds[-1].val_f1:.3f} in {folds[-1].seconds:.0f} s")
             bar.advance()
     return CVRun(candidate, tuple(classes), manifest, group_by, folds, time.perf_counter() - t0)
 

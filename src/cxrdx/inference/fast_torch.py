@@ -33,7 +33,6 @@ class Bf16Predictor(Predictor):
     def __init__(self, model: HybridModel, **kwargs):
         # A copy: the caller's model (the server's, also used by Grad-CAM) keeps its fp32 NCHW layout.
         super().__init__(copy.deepcopy(model).to(memory_format=torch.channels_last), **kwargs)
-        self.device = next(self.model.parameters()).device
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:

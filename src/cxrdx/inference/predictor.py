@@ -63,6 +63,12 @@ def _done(fn):
     return run
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first weight (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 class Predictor:
     """Wraps a :class:`HybridModel` for batched, failure-tolerant inference."""
 
@@ -84,6 +90,8 @@ class Predictor:
     def __init__(self, model: HybridModel, limits: ReadLimits | None = None, batch_size: int = 16,
                  roi: RegionOfInterest | None = None, tta: bool = False):
         self.model = model.eval()
+        self.device = model_device(model)
+        """Where the model runs (its weights' device): batches are moved there, probabilities come back to the CPU."""
         self.tta = tta
         self.roi = roi if roi is not None else RegionOfInterest.from_model_info(model.info)
         """The region of interest (default: the one the model was trained with, from ``model.json``)."""
@@ -108,9 +116,10 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        probs = probabilities(self.model(batch)).numpy()
+        batch = batch.to(self.device)
+        probs = probabilities(self.model(batch)).cpu().numpy()
         if self.tta:  # mean over the image and its mirror
-            probs = (probs + probabilities(self.model(batch.flip(-1))).numpy()) / 2
+            probs = (probs + probabilities(self.model(batch.flip(-1))).cpu().numpy()) / 2
         return probs
 
     def predict_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Runtimes: which engine runs a trained model, by name (``torch``, ``torch-bf16``, ``onnx``, ``onnx-int8``).
+"""Runtimes: which engine runs a trained model, by name (``torch``, ``torch-bf16``, ``torch-cuda``, ``onnx``, ``onnx-int8``).
 
 ``create_predictor(run_dir, runtime)`` is what the CLI (``cxrdx predict
 --runtime``) and the server (``cxrdx serve --runtime``) call. Both predictors
@@ -24,7 +24,7 @@ RUNTIMES: Registry[PredictorFactory] = Registry("runtimes")
 @RUNTIMES.register("torch")
 def torch_predictor(run_dir: str | Path, *, model: HybridModel | None = None, limits: ReadLimits | None = None,
                     batch_size: int = 16, threads: int | None = None) -> Predictor:
-    """PyTorch on the CPU or GPU; the reference (and the only runtime that can explain with Grad-CAM)."""
+    """PyTorch fp32 on the CPU; the reference (and the only runtime that can explain with Grad-CAM)."""
     from ..models.run import load_run
 
     return Predictor(model if model is not None else load_run(run_dir), limits=limits, batch_size=batch_size)
@@ -61,6 +61,26 @@ def torch_bf16_predictor(run_dir: str | Path, *, model: HybridModel | None = Non
     from .fast_torch import Bf16Predictor
 
     return Bf16Predictor(model if model is not None else load_run(run_dir), limits=limits, batch_size=batch_size)
+
+
+@RUNTIMES.register("torch-cuda")
+def torch_cuda_predictor(run_dir: str | Path, *, model: HybridModel | None = None, limits: ReadLimits | None = None,
+                         batch_size: int = 16, threads: int | None = None) -> Predictor:
+    """PyTorch fp32 on the first CUDA GPU (decoding stays on the CPU); refused in one line where there is none.
+
+    A copy of the model moves to the GPU (the caller's, also used by Grad-CAM, stays on the CPU)."""
+    import copy
+
+    import torch
+
+    from ..config import ConfigError
+    from ..models.run import load_run
+
+    if not torch.cuda.is_available():
+        raise ConfigError("runtime torch-cuda needs a CUDA GPU and none is visible to PyTorch here; "
+                          "use --runtime torch, onnx or onnx-int8")
+    model = copy.deepcopy(model) if model is not None else load_run(run_dir)
+    return Predictor(model.to("cuda"), limits=limits, batch_size=batch_size)
 
 
 def create_predictor(run_dir: str | Path, runtime: str = "torch", *, model: HybridModel | None = None,
