@@ -93,6 +93,8 @@ def finetune(
     train_set = CXRDataset(train_df, train_tf, limits, image_fn=region)
     sampler = None
     row_w = None
+    # decoding workers live for the whole fine-tuning (not re-forked every epoch), pinned memory on a GPU
+    workers = {"num_workers": tc.num_workers, "persistent_workers": tc.num_workers > 0, "pin_memory": device.type == "cuda"}
     if tc.sampling != "none":  # batches drawn in proportion to the rows' weights (class balance included)
         if ctx.enabled:
             raise ConfigError("train.sampling=source_balanced fine-tuning is single-process only (not under torchrun); "
@@ -100,16 +102,16 @@ def finetune(
         row_w = manifest_weights(train_df, tc.sampling, class_weighted=tc.class_weighted, min_group=tc.source_min_images)
     if ctx.enabled:
         sampler = DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=tc.seed, drop_last=True)
-        train_loader = DataLoader(train_set, batch_size=tc.finetune_batch_size, sampler=sampler, num_workers=tc.num_workers, drop_last=True)
+        train_loader = DataLoader(train_set, batch_size=tc.finetune_batch_size, sampler=sampler, drop_last=True, **workers)
     else:
         gen = torch.Generator().manual_seed(tc.seed)
         weighted = None if row_w is None else WeightedRandomSampler(torch.as_tensor(row_w, dtype=torch.double), len(row_w),
                                                                     replacement=True, generator=gen)
         train_loader = DataLoader(
             train_set, batch_size=tc.finetune_batch_size, shuffle=weighted is None, sampler=weighted,
-            num_workers=tc.num_workers, generator=gen, drop_last=True,
+            generator=gen, drop_last=True, **workers,
         )
-    val_loader = DataLoader(CXRDataset(val_df, eval_tf, limits, image_fn=region), batch_size=32, num_workers=tc.num_workers)
+    val_loader = DataLoader(CXRDataset(val_df, eval_tf, limits, image_fn=region), batch_size=32, **workers)
     model.freeze_backbone(tc.finetune_blocks)
     model.to(device)
     to_channels_last(model, device)
