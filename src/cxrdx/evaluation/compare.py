@@ -23,6 +23,7 @@ from .confounding import (BLACKOUT_VARIANT, BORDER_FRACTION, BORDER_VARIANT, bla
 from .architectures import architecture_section
 from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv, tta_run
 from .feature_maps import aligned, feature_maps
+from .fold_store import STORE_DIR, FoldStore
 from .loso import loso_section, source_plan
 from .results import CVSummary
 from .summary import summarise
@@ -143,7 +144,9 @@ def _finetune_blocks(cfg: Config, backbone: str) -> int:
     return cfg.train.finetune_blocks if get_spec(backbone).has_weights else 0
 
 
-def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True, log=print) -> dict:
+def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True, log=print,
+             store: FoldStore | None = None) -> dict:
+    """One task of the grid; ``store``: finished folds kept on disk and reused (an interrupted run resumes)."""
     ev = cfg.evaluation
     root = cfg.data.resolved_root()
     manifest = task_manifest(root, task, cfg.data.manifest, req.benchmark)
@@ -183,7 +186,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         for model in req.models:
             cand = Candidate.parse(model, backbone, image_size=size, finetune_blocks=ft_blocks)
             run = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
-                         extra_maps=extra, plan=plan, finetune_cfg=ft_cfg, progress=progress, tta_maps=tta_maps)
+                         extra_maps=extra, plan=plan, finetune_cfg=ft_cfg, progress=progress, tta_maps=tta_maps, store=store)
             for r in [run] + ([tta_run(run)] if tta_maps is not None and run.folds[0].tta_probs is not None else []):
                 summary, _ = summarise(r, ev, full=False)
                 result.runs[r.candidate.name] = r
@@ -192,7 +195,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
                     f"{summary.pooled.macro('f1').value:.3f} (val {r.mean_val_f1:.3f}) in {r.seconds:.0f} s")
             if loso_plan is not None:
                 loso = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
-                              plan=loso_plan.folds, finetune_cfg=ft_cfg, progress=progress)
+                              plan=loso_plan.folds, finetune_cfg=ft_cfg, progress=progress, store=store)
                 loso_runs[cand.name] = loso
                 log(f"{cand.name} leave-one-source-out: " + ", ".join(
                     f"{s} {np.mean(f.test_probs.argmax(1) == rows['target'].to_numpy()[f.test_idx]):.3f}"
@@ -231,7 +234,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         same = {n: r for n, r in loso_runs.items() if r.manifest["image"].equals(loso_plan_rows(loso_runs))}
         out["loso"] = loso_section(same, result.runs, loso_plan, ev, roi=roi_of(cfg), ensemble_top=req.ensemble_top)
     if req.image_level:
-        out["image_level"] = _image_level(best_run, result.runs, cfg, progress)
+        out["image_level"] = _image_level(best_run, result.runs, cfg, progress, store)
     if retrain_input is not None:
         backbone, rows, plan, extra = retrain_input
         for name, maps in extra.items():
@@ -253,7 +256,7 @@ def backbone_ensemble(ranked: list[CVRun]) -> CVRun | None:
     return average_runs(members, "ensemble of backbones(" + " + ".join(r.candidate.name for r in members) + ")")
 
 
-def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: bool) -> CVSummary:
+def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: bool, store: FoldStore | None = None) -> CVSummary:
     """The same model with image-level (leaky) folds: what the literature's protocol would report for it."""
     ev = cfg.evaluation
     rows = best.manifest
@@ -265,7 +268,8 @@ def _image_level(best: CVRun, runs: dict[str, CVRun], cfg: Config, progress: boo
         maps, kept = config_maps(cfg, rows, cand.backbone, image_size=cand.image_size, progress=progress)
         leaky.append(run_cv(aligned(maps, kept, rows), rows, best.classes, cand, ev, model_cfg=cfg.model,
                             train_cfg=cfg.train, group_by="image", plan=plan,
-                            finetune_cfg=_finetune_cfg(cfg) if cand.variant.startswith("finetune") else None, progress=progress))
+                            finetune_cfg=_finetune_cfg(cfg) if cand.variant.startswith("finetune") else None, progress=progress,
+                            store=store))
     run = leaky[0] if len(leaky) == 1 else average_runs(leaky, best.candidate.name)
     for f in run.folds:
         f.extra_probs = {}
@@ -333,9 +337,10 @@ def run_grid(cfg: Config, req: GridRequest, out_dir: str | Path, *, progress: bo
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = {}
+    store = FoldStore(out_dir / STORE_DIR)
     for task in req.tasks:
         log(f"[bold]task {task}[/]" + (f" on benchmark {req.benchmark}" if req.benchmark else ""))
-        res = run_task(cfg, task, req, progress=progress, log=log)
+        res = run_task(cfg, task, req, progress=progress, log=log, store=store)
         res.pop("_predictions").to_csv(out_dir / f"predictions_{task}.csv", index=False)
         tasks[task] = res
     result = {
@@ -346,7 +351,11 @@ def run_grid(cfg: Config, req: GridRequest, out_dir: str | Path, *, progress: bo
         "tasks": tasks,
         "benchmark": benchmark_table(req.benchmark, tasks) if req.benchmark else None,
         "seconds": round(time.perf_counter() - t0, 1),
+        "reused_folds": store.reused,
     }
+    if store.reused:
+        log(f"reused {store.reused} finished fold(s) from {store.root} (same code, input, rows and settings; "
+            "delete that folder to recompute them)")
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=_json_default))
     return result
 

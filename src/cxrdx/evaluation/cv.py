@@ -35,6 +35,7 @@ from ..progress import progress_bar
 from ..training.finetune import finetune
 from ..training.head_trainer import train_head
 from .baselines import BASELINES
+from .fold_store import FoldStore, array_digest, rows_digest
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def run_cv(
     finetune_cfg: Config | None = None,
     progress: bool = True,
     tta_maps: np.ndarray | None = None,
+    store: FoldStore | None = None,
 ) -> CVRun:
     """Cross-validate ``candidate`` on feature ``maps`` (``[N, C, H, W]``, rows of ``manifest``).
 
@@ -229,7 +231,10 @@ def run_cv(
     predictions: those are scores of the frozen backbone's cached features.
 
     ``tta_maps``: the maps of the mirrored images (same rows); each fold then also keeps ``tta_probs``, the
-    same fold model's validation and test probabilities averaged over both (:func:`tta_run`)."""
+    same fold model's validation and test probabilities averaged over both (:func:`tta_run`).
+
+    ``store``: finished folds are written there and, when code, input, candidate, rows and settings are all the
+    same, read back instead of recomputed (:mod:`cxrdx.evaluation.fold_store`: an interrupted run resumes)."""
     t0 = time.perf_counter()
     model_cfg = model_cfg or ModelConfig()
     tcfg = head_train_config(train_cfg or TrainConfig(), ev)
@@ -245,8 +250,23 @@ def run_cv(
     extras = {k: prep(v) for k, v in extra_maps.items()}
     tta = prep(tta_maps) if tta_maps is not None and finetune_cfg is None else None
     folds: list[FoldPrediction] = []
+    if store is not None:
+        data_key = "|".join([array_digest(maps, tta_maps, *(extra_maps[k] for k in sorted(extra_maps))),
+                             ",".join(sorted(extra_maps)), rows_digest(manifest), group_by])
+        settings = {"model": model_cfg, "train": tcfg, "evaluation": ev,
+                    "finetune": finetune_cfg.to_dict() if finetune_cfg is not None else None}
     with progress_bar(total=len(plan), description=f"cv {candidate.name}", enabled=progress) as bar:
         for k, (train, val, test) in enumerate(plan):
+            key = None
+            if store is not None:
+                key = store.key(candidate=candidate, classes=classes, data=data_key, settings=settings, fold=k,
+                                train=train, val=val, test=test)
+                stored = store.load(candidate, k, key)
+                if stored is not None:
+                    folds.append(FoldPrediction(k, train, val, test, **stored))
+                    bar.set(f"fold {k + 1}: stored (validation macro-F1 {stored['val_f1']:.3f})")
+                    bar.advance()
+                    continue
             t = time.perf_counter()
             evals = [data[test]] + [extras[name][test] for name in extras] + ([tta[val], tta[test]] if tta is not None else [])
             if candidate.kind == "head" and finetune_cfg is not None:
@@ -265,6 +285,8 @@ def run_cv(
                 k, train, val, test, val_probs, outs[0], dict(zip(extras, outs[1:])),
                 _macro_f1(y[val], val_probs, n_cls), info, time.perf_counter() - t, tta_probs,
             ))
+            if store is not None:
+                store.save(candidate, folds[-1], key)
             bar.set(f"fold {k + 1}: validation macro-F1 {folds[-1].val_f1:.3f} in {folds[-1].seconds:.0f} s")
             bar.advance()
     return CVRun(candidate, tuple(classes), manifest, group_by, folds, time.perf_counter() - t0)
