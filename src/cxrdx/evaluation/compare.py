@@ -23,7 +23,7 @@ from .confounding import (BLACKOUT_VARIANT, BORDER_FRACTION, BORDER_VARIANT, bla
 from .architectures import architecture_section
 from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv, tta_run
 from .feature_maps import aligned, feature_maps
-from .fold_store import STORE_DIR, FoldStore
+from .fold_store import STORE_DIR, FoldStore, json_default
 from .loso import loso_section, source_plan
 from .results import CVSummary
 from .summary import summarise
@@ -356,17 +356,6 @@ def run_grid(cfg: Config, req: GridRequest, out_dir: str | Path, *, progress: bo
     if store.reused:
         log(f"reused {store.reused} finished fold(s) from {store.root} (same code, input, rows and settings; "
             "delete that folder to recompute them)")
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2, default=json_default))
     return result
 
-
-def _json_default(obj):
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj)}")

@@ -60,7 +60,11 @@ def rows_digest(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(manifest[cols].to_csv(index=False).encode()).hexdigest()
 
 
-def _jsonable(value):
+def json_default(value):
+    """``json.dumps(default=...)`` for what evaluation results hold: numpy scalars and arrays, dataclasses, paths,
+    and objects with ``to_dict()``."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     if isinstance(value, (np.integer,)):
@@ -71,8 +75,6 @@ def _jsonable(value):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
@@ -87,7 +89,7 @@ class FoldStore:
     def key(self, *, candidate, classes, data: str, settings: dict, fold: int, train, val, test) -> str:
         spec = {"code": code_digest(), "data": data, "candidate": dataclasses.asdict(candidate), "classes": list(classes),
                 "settings": settings, "fold": fold, "rows": array_digest(np.asarray(train), np.asarray(val), np.asarray(test))}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=_jsonable).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=json_default).encode()).hexdigest()
 
     def _path(self, candidate, fold: int, key: str) -> Path:
         safe = "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in candidate.name)
@@ -124,5 +126,5 @@ class FoldStore:
                 "info": fold.info, "seconds": fold.seconds}
         path = self._path(candidate, fold.fold, key)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
+        np.savez(tmp, meta=np.array(json.dumps(meta, default=json_default)), **arrays)
         os.replace(tmp, path)
