@@ -36,7 +36,7 @@ def seg_dir(tmp_path_factory):
     return run_dir
 
 
-def _roi_run(run_dir, seg_dir, roi: str = "lung_crop", intensity: str = "none"):
+def _roi_run(run_dir, seg_dir, roi: str = "lung_crop", intensity: str = "none", fit: str = "squash"):
     """A classifier run folder that records ``roi`` (saved, then exported to ONNX with it)."""
     from cxrdx.inference.onnx_export import export_run
     from cxrdx.models.factory import create_model
@@ -44,7 +44,7 @@ def _roi_run(run_dir, seg_dir, roi: str = "lung_crop", intensity: str = "none"):
 
     torch.manual_seed(0)
     model = create_model("tf_efficientnet_lite0", "bilstm", weights="imagenet")
-    record_setting(model.info, RoiSetting(roi, intensity, lung_model=str(seg_dir)).resolved())
+    record_setting(model.info, RoiSetting(roi, intensity, lung_model=str(seg_dir), fit=fit).resolved())
     save_run(model, run_dir)
     export_run(run_dir)
     return run_dir
@@ -73,6 +73,53 @@ def test_config_validates_roi_names():
         load_config(overrides=["data.roi=lung_crop"])
     with pytest.raises(RoiError, match="not a lung segmenter"):
         RoiSetting.from_config(DataConfig(roi="lung_crop", lung_model="/nonexistent"))
+
+
+def test_square_box_centres_grows_the_short_side_then_cuts_the_long_one():
+    from cxrdx.features.roi import square_box
+
+    assert square_box((0, 0, 240, 200), (200, 240)) == (20, 0, 220, 200)  # whole wide image: centre square
+    assert square_box((0, 0, 100, 160), (160, 100)) == (0, 30, 100, 130)  # whole tall image
+    assert square_box((100, 50, 140, 150), (200, 240)) == (70, 50, 170, 150)  # a tall lung box grows sideways
+    assert square_box((0, 20, 30, 120), (200, 240)) == (0, 20, 100, 120)  # ... shifted back inside the image
+    assert square_box((10, 10, 230, 60), (200, 240)) == (20, 0, 220, 200)  # too wide to grow: cut to the image's side
+    x0, y0, x1, y1 = square_box((3, 7, 61, 19), (50, 70))
+    assert x1 - x0 == y1 - y0 and 0 <= x0 and x1 <= 70 and 0 <= y0 and y1 <= 50
+
+
+def test_fit_is_validated_and_keys_the_cache():
+    cfg = load_config(overrides=["data.fit=square"])
+    assert RoiSetting.from_config(cfg.data) == RoiSetting(fit="square")
+    with pytest.raises(ConfigError, match="squash, square"):
+        load_config(overrides=["data.fit=letterbox"])
+    square = RoiSetting(fit="square")
+    assert not square.is_identity and square.key == "full-none-square"
+    assert RoiSetting.from_dict(square.to_dict()) == square and RoiSetting.from_dict({"roi": "full"}).fit == "squash"
+
+
+def test_fit_square_is_the_same_on_cli_server_and_onnx(seg_dir, xray_file, tmp_path):
+    """``data.fit=square`` with the whole image: the centre square, identically in torch, ONNX and the server."""
+    from fastapi.testclient import TestClient
+
+    from cxrdx.data.io import read_image
+    from cxrdx.inference.runtimes import create_predictor
+    from cxrdx.models.run import load_run
+
+    run = _roi_run(tmp_path / "square", seg_dir, roi="full", fit="square")
+    torch_row = create_predictor(run, "torch").predict_paths([xray_file])[0].to_dict()
+    onnx_row = create_predictor(run, "onnx").predict_paths([xray_file])[0].to_dict()
+    with TestClient(make_app(run, tmp_path)) as client:
+        served = client.post("/v1/predict", files={"file": ("chest.png", xray_file.read_bytes(), "image/png")}).json()
+        assert client.get("/v1/models").json()["models"][0]["roi"]["fit"] == "square"
+    assert torch_row["roi"]["box"] == onnx_row["roi"]["box"] == served["roi"]["box"] == [20, 0, 220, 200]
+    ref = torch_row["probabilities"]
+    for other in (onnx_row["probabilities"], served["probabilities"]):
+        assert max(abs(other[c] - ref[c]) for c in ref) < 1e-4
+    model = load_run(run)
+    square = np.ascontiguousarray(read_image(xray_file)[:, 20:220])
+    with torch.inference_mode():
+        plain = probabilities(model(preprocess(square, build_transform(224, model.spec.mean, model.spec.std))[None])).numpy()[0]
+    assert max(abs(plain[i] - ref[c]) for i, c in enumerate(model.classes)) < 1e-6
 
 
 def test_cache_key_includes_roi_and_segmenter(seg_dir):

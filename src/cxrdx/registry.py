@@ -32,6 +32,7 @@ PROVIDERS: dict[str, str] = {
     "sources": "cxrdx.data.fetch.sources",
     "rois": "cxrdx.features.roi",
     "intensities": "cxrdx.features.roi",
+    "fits": "cxrdx.features.roi",
     "samplings": "cxrdx.data.sampling",
     "augmentations": "cxrdx.data.transforms",
 }

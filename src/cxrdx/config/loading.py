@@ -122,6 +122,7 @@ REGISTERED_NAMES: dict[str, str] = {
     "evaluation.baselines": "baselines",
     "data.roi": "rois",
     "data.intensity": "intensities",
+    "data.fit": "fits",
     "train.sampling": "samplings",
     "train.augment": "augmentations",
 }

@@ -40,6 +40,10 @@ class DataConfig:
     ``model.json``; no lungs found -> the whole image, flagged ``roi_fallback`` in the output."""
     intensity: str = "none"
     """Grey-level normalisation of the region: ``none``, ``equalize`` (histogram) or ``clahe``."""
+    fit: str = "squash"
+    """How the region meets the square input: ``squash`` (resized as it is) or ``square`` (made square around its
+    centre first, so the archive's aspect ratio is no cue). Part of the ROI step: recorded in ``model.json`` and the
+    feature-cache key, applied alike by train, cv, compare, predict, explain, serve and ONNX."""
     roi_margin: float = 0.05
     """Lung box margin on each side as a share of the box's size (also the ``lung_mask`` dilation)."""
     lung_model: str | None = None

@@ -106,8 +106,11 @@ def config_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, *, variant: 
 
 
 def roi_of(cfg: Config) -> str:
-    """The region-of-interest setting the features were made with (``data.roi``, plus ``data.intensity`` if set)."""
-    return cfg.data.roi if cfg.data.intensity == "none" else f"{cfg.data.roi}+{cfg.data.intensity}"
+    """The region-of-interest setting the features were made with (``data.roi``, plus ``data.intensity`` and
+    ``data.fit`` where not the default)."""
+    parts = [cfg.data.roi] + ([cfg.data.intensity] if cfg.data.intensity != "none" else []) \
+        + ([cfg.data.fit] if cfg.data.fit != "squash" else [])
+    return "+".join(parts)
 
 
 CONTROLS = {

@@ -5,6 +5,9 @@ bounding box from the lung segmenter, grown by ``data.roi_margin`` x the box siz
 ``lung_mask`` (the same crop with everything outside the dilated lung mask set to mid-grey).
 ``data.intensity`` (:data:`INTENSITIES`): ``none``, ``equalize`` (global histogram equalisation) or
 ``clahe`` (contrast-limited adaptive equalisation), both OpenCV, applied to the region.
+``data.fit`` (:data:`FITS`): ``squash`` (the region resized to the square input as it is) or ``square``
+(the region made square around its centre first, so that an archive's aspect ratio, e.g. 1:1 NIH films
+against 1.2:1 films elsewhere, is not a cue the model can use).
 
 :class:`RegionOfInterest` is built once from the config (training) or from a run folder's
 ``model.json`` (prediction); the segmenter is loaded lazily on first use. Feature extraction, the
@@ -34,6 +37,11 @@ ROIS: Registry[str] = Registry("rois", describe=lambda text: text)
 ROIS.register("full", "the whole image (no segmenter)")
 ROIS.register("lung_crop", "crop to the lungs' bounding box (+ data.roi_margin), then resize")
 ROIS.register("lung_mask", "lung_crop with everything outside the dilated lung mask greyed out")
+
+FITS: Registry[str] = Registry("fits", describe=lambda text: text)
+FITS.register("squash", "the region is resized to the square input as it is (its aspect ratio distorts the anatomy)")
+FITS.register("square", "the region is first made square around its centre: the short side grows where the image "
+                        "allows, then the long side is cut to match (the aspect ratio no longer reaches the model)")
 
 INTENSITIES: Registry[str] = Registry("intensities", describe=lambda text: text)
 INTENSITIES.register("none", "grey levels as decoded")
@@ -74,35 +82,38 @@ class RoiSetting:
     lung_model: str | None = None
     """Segmenter run folder (absolute once resolved); needed unless ``roi == "full"``."""
     lung_digest: str | None = None
+    fit: str = "squash"
 
     def __post_init__(self):
         ROIS.check(self.roi)
         INTENSITIES.check(self.intensity)
+        FITS.check(self.fit)
         if not 0 <= self.margin <= 1:
             raise RoiError(f"data.roi_margin: {self.margin} is out of range; it must be between 0 and 1")
 
     @property
     def is_identity(self) -> bool:
         """Full image, grey levels untouched: exactly the behaviour before ROIs existed."""
-        return self.roi == "full" and self.intensity == "none"
+        return self.roi == "full" and self.intensity == "none" and self.fit == "squash"
 
     @property
     def key(self) -> str:
         """Feature-cache key part: empty for the identity (old caches stay valid), else the whole setting."""
         if self.is_identity:
             return ""
+        fit = "" if self.fit == "squash" else f"-{self.fit}"
         if self.roi == "full":
-            return f"full-{self.intensity}"
-        return f"{self.roi}-m{self.margin:g}-{self.intensity}-seg{(self.lung_digest or '')[7:19]}-{ROI_VERSION}"
+            return f"full-{self.intensity}{fit}"
+        return f"{self.roi}-m{self.margin:g}-{self.intensity}-seg{(self.lung_digest or '')[7:19]}-{ROI_VERSION}{fit}"
 
     def resolved(self) -> "RoiSetting":
         """With the segmenter's absolute path and digest (checked to exist) when a segmenter is needed."""
         if self.roi == "full":
-            return RoiSetting("full", self.intensity, self.margin)
+            return RoiSetting("full", self.intensity, self.margin, fit=self.fit)
         if not self.lung_model:
             raise RoiError(f"data.roi={self.roi} needs data.lung_model (a `cxrdx lungs train` run folder)")
         path = Path(self.lung_model).expanduser().resolve()
-        return RoiSetting(self.roi, self.intensity, self.margin, str(path), segmenter_digest(path))
+        return RoiSetting(self.roi, self.intensity, self.margin, str(path), segmenter_digest(path), self.fit)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,12 +121,13 @@ class RoiSetting:
     @classmethod
     def from_dict(cls, raw: dict | None) -> "RoiSetting":
         raw = raw or {}
-        return cls(**{k: raw[k] for k in ("roi", "intensity", "margin", "lung_model", "lung_digest") if k in raw})
+        return cls(**{k: raw[k] for k in ("roi", "intensity", "margin", "lung_model", "lung_digest", "fit") if k in raw})
 
     @classmethod
     def from_config(cls, data) -> "RoiSetting":
-        """From a :class:`~cxrdx.config.DataConfig` (``roi``, ``intensity``, ``roi_margin``, ``lung_model``), resolved."""
-        return cls(data.roi, data.intensity, float(data.roi_margin), data.lung_model).resolved()
+        """From a :class:`~cxrdx.config.DataConfig` (``roi``, ``intensity``, ``roi_margin``, ``lung_model``, ``fit``),
+        resolved."""
+        return cls(data.roi, data.intensity, float(data.roi_margin), data.lung_model, fit=data.fit).resolved()
 
     @classmethod
     def from_model_info(cls, info) -> "RoiSetting":
@@ -168,6 +180,22 @@ def adjust_intensity(grey: np.ndarray, intensity: str) -> np.ndarray:
     if intensity == "clahe":
         return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
     return grey
+
+
+def square_box(box: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` (x0, y0, x1, y1) made square around its centre inside an image of ``shape`` (h, w): the short side
+    grows to the long one as far as the image allows, then the long side is cut to the same length."""
+    h, w = shape[:2]
+    x0, y0, x1, y1 = box
+    side = min(max(x1 - x0, y1 - y0), w, h)
+
+    def span(lo: int, hi: int, limit: int) -> tuple[int, int]:
+        start = (lo + hi - side) // 2  # centred, then shifted back inside the image
+        start = min(max(start, 0), limit - side)
+        return start, start + side
+
+    (nx0, nx1), (ny0, ny1) = span(x0, x1, w), span(y0, y1, h)
+    return nx0, ny0, nx1, ny1
 
 
 def dilate(mask: np.ndarray, radius: float, max_side: int = 512) -> np.ndarray:
@@ -249,16 +277,18 @@ class RegionOfInterest:
     def locate_many(self, greys: list[np.ndarray]) -> list[RoiInfo]:
         """The region of each image (one batched segmenter call)."""
         s = self.setting
+        fit = (lambda box, shape: square_box(box, shape)) if s.fit == "square" else (lambda box, shape: box)
         if s.roi == "full":
-            return [RoiInfo("full", "full", (0, 0, g.shape[1], g.shape[0]), g.shape, s.intensity) for g in greys]
+            return [RoiInfo("full", "full", fit((0, 0, g.shape[1], g.shape[0]), g.shape), g.shape, s.intensity)
+                    for g in greys]
         infos = []
         for grey, (mask, error) in zip(greys, self._masks(greys)):
             h, w = grey.shape
             if error is not None:  # blank image, too little lung, or a mask the segmenter is not sure of
-                infos.append(RoiInfo(s.roi, "full", (0, 0, w, h), (h, w), s.intensity, True, str(error),
+                infos.append(RoiInfo(s.roi, "full", fit((0, 0, w, h), (h, w)), (h, w), s.intensity, True, str(error),
                                      float(mask.mean()), mask))
                 continue
-            box = lung_bbox(mask, margin=s.margin, min_fraction=0.0)
+            box = fit(lung_bbox(mask, margin=s.margin, min_fraction=0.0), (h, w))
             infos.append(RoiInfo(s.roi, s.roi, box, (h, w), s.intensity, False, None, float(mask.mean()), mask))
         return infos
 

@@ -67,7 +67,7 @@ class ModelDescription(BaseModel):
     guard_modalities: list[str] = Field(default_factory=list, description="The modalities this run's guard knows.")
     routes: bool = Field(False, description="Whether this run's guard routes uploads between the served models.")
     roi: dict | None = Field(None, description="Region of interest the model was trained with (roi, intensity, "
-                             "margin); null: the whole image.")
+                             "margin, fit); null: the whole image.")
 
 
 class ModelsResponse(BaseModel):

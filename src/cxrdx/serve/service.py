@@ -106,7 +106,7 @@ class ModelService:
         setting = RoiSetting.from_model_info(self.model.info)
         if setting.is_identity:
             return None
-        return {"roi": setting.roi, "intensity": setting.intensity, "margin": setting.margin}
+        return {"roi": setting.roi, "intensity": setting.intensity, "margin": setting.margin, "fit": setting.fit}
 
     @property
     def can_explain(self) -> bool:
