@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -11,8 +13,17 @@ from rich.console import Console
 
 from ..config import Config, ConfigError, load_config
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+LOG_WIDTH = 200
+"""Console width where output goes to a file or pipe and $COLUMNS is unset (rich would assume 80 and squeeze the
+result tables' columns to a few letters)."""
+
+
+def _width(stream) -> int | None:
+    return None if stream.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH
+
+
+console = Console(soft_wrap=True, width=_width(sys.stdout))
+err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 
 
 def friendly_errors(fn: Callable) -> Callable:
