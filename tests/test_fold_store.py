@@ -95,6 +95,8 @@ def test_compare_rerun_with_the_same_out_reuses_every_fold_and_says_so(tmp_path)
     req = GridRequest(tasks=["3class"], models=["pool", "logreg"], backbones=["raw_patches"], blackout=False, border=False)
     first = run_grid(cfg, req, tmp_path / "out", progress=False, log=lambda *_: None)
     assert first["reused_folds"] == 0 and len(list((tmp_path / "out" / "folds").glob("*.npz"))) == 6
+    shape = first["tasks"]["3class"]["trained_on_shape_only"]  # the shape-only control runs by default
+    assert shape["control"] == "shape_only" and 0 <= shape["accuracy"] <= 1 and "verdict" in shape
     said = []
     again = run_grid(cfg, req, tmp_path / "out", progress=False, log=said.append)
     assert again["reused_folds"] == 6 and any("reused 6 finished fold(s)" in str(line) for line in said)

@@ -59,7 +59,7 @@ def _print_results(result: dict) -> None:
         for name, s in (best.shortcut or {}).items():
             style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
             console.print(f"[{style}]shortcut control ({name}): {s['verdict']['text']}[/]")
-        for key in ("trained_without_lungs", "trained_on_border_only"):
+        for key in ("trained_without_lungs", "trained_on_border_only", "trained_on_shape_only"):
             if res.get(key):
                 s = res[key]
                 style = "bold red" if s["verdict"]["far_above_chance"] else "dim"
@@ -97,6 +97,8 @@ TaskOpt = typer.Option(None, help="Tasks from `cxrdx list tasks` (comma-separate
 BenchmarkOpt = typer.Option(None, help="darkcovidnet: its 1,124 rows, 3-class and covid-vs-normal, beside the published image-level numbers.")
 FoldsOpt = typer.Option(None, help="Number of patient-grouped folds (default 5).")
 BlackoutOpt = typer.Option(True, "--blackout/--no-blackout", help="Shortcut control: score images with the lungs blacked out.")
+ShapeOpt = typer.Option(True, "--shape/--no-shape",
+                        help="Shortcut control: the label from the image's shape alone (aspect ratio, size; no pixels).")
 BorderOpt = typer.Option(True, "--border/--no-border",
                          help="Shortcut control: only a frame at the image border kept (inside greyed out); features re-extracted once.")
 ByOpt = typer.Option("patient", "--by", help="patient: random patient-grouped folds. source: also leave-one-source-out "
@@ -108,7 +110,7 @@ def _out_opt(kind: str):
 
 
 def _request(cfg, *, models: list[str], backbones: list[str], task: Optional[str], benchmark: Optional[str],
-             image_level: Optional[bool], blackout: bool, ensemble_top: int, command: str, border: bool = True,
+             image_level: Optional[bool], blackout: bool, ensemble_top: int, command: str, border: bool = True, shape: bool = True,
              by: str = "patient", native_size: bool = False, tta: bool = False, backbone_ensemble: bool = True):
     from ..config import ConfigError
     from ..evaluation.compare import GridRequest
@@ -117,7 +119,7 @@ def _request(cfg, *, models: list[str], backbones: list[str], task: Optional[str
         raise ConfigError(f"--by must be 'patient' or 'source', not {by!r}")
     return GridRequest(
         tasks=_tasks(cfg, task, benchmark), models=models, backbones=backbones, benchmark=benchmark,
-        image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, border=border,
+        image_level=bool(benchmark) if image_level is None else image_level, blackout=blackout, border=border, shape=shape,
         ensemble_top=ensemble_top, command=command, by=by, native_size=native_size, tta=tta, backbone_ensemble=backbone_ensemble,
     )
 
@@ -137,6 +139,7 @@ def cv(
     image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = BlackoutOpt,
     border: bool = BorderOpt,
+    shape: bool = ShapeOpt,
     by: str = ByOpt,
     out: Optional[Path] = _out_opt("cv"),
     overrides: Optional[list[str]] = SetOpt,
@@ -147,7 +150,7 @@ def cv(
         "evaluation.temperature": temperature, "evaluation.target_sensitivity": target_sensitivity,
     })
     req = _request(cfg, models=[model or cfg.model.head], backbones=[cfg.model.backbone], task=task, benchmark=benchmark,
-                   image_level=image_level, blackout=blackout, ensemble_top=0, command="cv", border=border, by=by)
+                   image_level=image_level, blackout=blackout, ensemble_top=0, command="cv", border=border, shape=shape, by=by)
     _run("cv", cfg, req, out)
 
 
@@ -172,6 +175,7 @@ def compare(
     image_level: Optional[bool] = ImageLevelOpt,
     blackout: bool = BlackoutOpt,
     border: bool = BorderOpt,
+    shape: bool = ShapeOpt,
     by: str = ByOpt,
     out: Optional[Path] = _out_opt("compare"),
     overrides: Optional[list[str]] = SetOpt,
@@ -184,7 +188,7 @@ def compare(
     ev = cfg.evaluation
     req = _request(cfg, models=_split(ev.heads) + _split(ev.baselines), backbones=_split(ev.backbones), task=task,
                    benchmark=benchmark, image_level=image_level, blackout=blackout, ensemble_top=ensemble_top, command="compare",
-                   border=border, by=by, native_size=native_size, tta=tta, backbone_ensemble=backbone_ensemble)
+                   border=border, shape=shape, by=by, native_size=native_size, tta=tta, backbone_ensemble=backbone_ensemble)
     _run("compare", cfg, req, out)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..data.io import ReadLimits
 from ..models.weights import WeightsUnavailableError
 from .benchmark import get_benchmark, task_classes, task_manifest
 from .confounding import (BLACKOUT_VARIANT, BORDER_FRACTION, BORDER_VARIANT, blackout_fn, border_only_fn, chance_levels,
@@ -25,6 +26,7 @@ from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv, tta
 from .feature_maps import aligned, feature_maps
 from .fold_store import STORE_DIR, FoldStore, json_default
 from .loso import loso_section, source_plan
+from .shape_control import shape_control
 from .results import CVSummary
 from .summary import summarise
 
@@ -43,6 +45,8 @@ class GridRequest:
     blackout: bool = True
     border: bool = True
     """Border-only shortcut control: only a frame of ``BORDER_FRACTION`` of the image side is kept."""
+    shape: bool = True
+    """Shape-only shortcut control (:mod:`cxrdx.evaluation.shape_control`): the label from the image's format alone."""
     ensemble_top: int = 0
     by: str = "patient"
     """``patient``: random patient-grouped folds; ``source``: also leave-one-source-out, shown first."""
@@ -156,6 +160,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
     result = TaskResult()
     extras_note = None
     retrain_input = None
+    shape_input = None
     loso_runs: dict[str, CVRun] = {}
     loso_plan = None
     for backbone in req.backbones:
@@ -172,6 +177,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         rows = manifest[manifest["image"].isin(set(kept["image"]))].reset_index(drop=True)
         maps = aligned(maps, kept, rows)
         plan = fold_plan(rows, ev.folds, ev.fold_seed, ev.val_fraction)
+        shape_input = shape_input or (rows, plan)
         extra = {}
         for name, wanted in (("lungs_blacked_out", req.blackout), ("border_only", req.border)):
             if wanted:
@@ -238,6 +244,11 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         out["loso"] = loso_section(same, result.runs, loso_plan, ev, roi=roi_of(cfg), ensemble_top=req.ensemble_top)
     if req.image_level:
         out["image_level"] = _image_level(best_run, result.runs, cfg, progress, store)
+    if req.shape and shape_input is not None:
+        rows, plan = shape_input
+        out["trained_on_shape_only"] = shape_control(
+            rows, plan, task_classes(task), limits=ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes),
+            n_boot=ev.bootstrap, seed=ev.fold_seed)
     if retrain_input is not None:
         backbone, rows, plan, extra = retrain_input
         for name, maps in extra.items():

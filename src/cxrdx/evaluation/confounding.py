@@ -116,7 +116,8 @@ def chance_levels(y: np.ndarray, n_classes: int) -> dict[str, float]:
 
 
 def shortcut_verdict(accuracy: float, ci: list | None, chance: float, with_lungs: float | None = None,
-                     setting: str = "With the lungs blacked out") -> dict:
+                     setting: str = "With the lungs blacked out",
+                     cues: str = "cues outside the lungs (archive, scanner, text markers, borders)") -> dict:
     """Plain-words verdict: is accuracy without lungs far above chance (CI lower bound > chance + margin)?
     ``within_ci_of_chance``: does the CI reach down to chance (the control "falls to chance")?"""
     low = ci[0] if ci and ci[0] is not None else accuracy
@@ -125,8 +126,7 @@ def shortcut_verdict(accuracy: float, ci: list | None, chance: float, with_lungs
     ref = f"chance {chance:.3f}" + (f"; {with_lungs:.3f} with lungs" if with_lungs is not None else "")
     if far:
         text = (f"{setting} the model still scores accuracy {accuracy:.3f} (95% CI lower bound {low:.3f}), far above "
-                f"chance ({ref}). It relies on cues outside the lungs (archive, scanner, text markers, borders): "
-                "its accuracy is not evidence that it sees COVID-19.")
+                f"chance ({ref}). It relies on {cues}: its accuracy is not evidence that it sees COVID-19.")
     else:
         text = (f"{setting} accuracy is {accuracy:.3f} ({ref}): not far above chance, "
                 "so no strong sign of a shortcut outside the lungs in this control.")
