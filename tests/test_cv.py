@@ -109,6 +109,31 @@ def test_blackout_uses_the_mask_or_a_central_box(cxr3_root):
     assert (boxed[30:170, 36:204] == 0).all() and (boxed[:30] == synthetic[:30]).all()
 
 
+def test_blackout_uses_the_segmenter_where_there_is_no_radiologist_mask(cxr3_root):
+    """With a lung segmenter (data.lung_model): its mask for rows without one; the radiologist's mask still wins;
+    the central box where the segmenter finds no lungs."""
+    from cxrdx.evaluation.confounding import region_kinds
+
+    synthetic = make_xray((200, 240))
+    lungs = np.zeros((200, 240), bool)
+    lungs[40:160, 20:100] = True
+    seen = []
+    fn = blackout_fn(cxr3_root, lungs=lambda g: seen.append(g.shape) or lungs)
+    out = fn(synthetic, pd.Series({"lung_mask": float("nan")}))
+    assert (out[lungs] == 0).all() and (out[~lungs] == synthetic[~lungs]).all() and seen == [(200, 240)]
+    boxed = blackout_fn(cxr3_root, lungs=lambda g: None)(synthetic, pd.Series({"lung_mask": float("nan")}))
+    assert (boxed[30:170, 36:204] == 0).all()  # no lungs found: the central box
+    df = pd.read_csv(cxr3_root / "metadata.csv")
+    row = df[df["lung_mask"].notna()].iloc[0]
+    from cxrdx.data.io import read_image
+
+    grey = read_image(cxr3_root / row["image"])
+    masked = blackout_fn(cxr3_root, lungs=lambda g: pytest.fail("segmenter used despite a radiologist mask"))(grey, row)
+    assert (masked[lung_region(grey.shape, cxr3_root / row["lung_mask"])] == 0).all()
+    kinds = region_kinds(df, cxr3_root, segmenter=True)
+    assert kinds["central_box"] == 0 and kinds["mask"] + kinds["segmenter"] == len(df) and kinds["mask"] > 0
+
+
 @pytest.mark.slow  # fine-tunes a backbone block twice on ~25 images: ~20-40 s on 2 cores
 def test_cv_can_finetune_the_last_block_in_every_fold(slice_maps, cxr3_root):
     from cxrdx.config import Config

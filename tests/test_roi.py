@@ -241,3 +241,22 @@ def test_explain_heatmap_in_the_original_frame(crop_run, xray_file):
     inside[y0:y1, x0:x1] = True
     assert exp.heatmap[~inside].max() == 0 and exp.heatmap[inside].max() > 0
     assert exp.to_dict()["roi"]["box"] == [x0, y0, x1, y1]
+
+
+def test_blackout_control_with_a_segmenter_blacks_out_its_lungs_and_has_its_own_cache_entry(seg_dir, tmp_path):
+    import pandas as pd
+
+    from cxrdx.evaluation.compare import _control_maps, _lung_finder
+
+    grey = make_xray((200, 240), seed=1)
+    path = tmp_path / "x.png"
+    Image.fromarray(grey).save(path)
+    cfg = load_config(overrides=[f"data.lung_model={seg_dir}", f"data.cache_dir={tmp_path / 'cache'}", f"data.root={tmp_path}"])
+    finder = _lung_finder(cfg)
+    mask = finder(grey)
+    assert mask is not None and 0.05 < mask.mean() < 0.9
+    manifest = pd.DataFrame({"image": [str(path)], "target": [0], "patient_id": ["p"]})
+    maps = _control_maps(cfg, manifest, "tf_efficientnet_lite0", "lungs_blacked_out", progress=False)
+    assert maps.shape[0] == 1
+    names = [p.name for p in (tmp_path / "cache" / "features").iterdir()]
+    assert any(f"nolung-v1-seg{finder.digest[7:19]}" in n for n in names), names

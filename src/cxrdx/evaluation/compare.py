@@ -128,9 +128,31 @@ CONTROLS = {
 def _control_maps(cfg: Config, manifest: pd.DataFrame, backbone: str, name: str, progress: bool, image_size: int | None = None
                   ) -> np.ndarray:
     variant, make_fn, _ = CONTROLS[name]
-    maps, kept = config_maps(cfg, manifest, backbone, variant=variant, image_fn=make_fn(cfg.data.resolved_root()),
+    image_fn = make_fn(cfg.data.resolved_root())
+    if name == "lungs_blacked_out" and cfg.data.lung_model:  # rows without a radiologist mask: the segmenter's lungs
+        finder = _lung_finder(cfg)
+        image_fn = blackout_fn(cfg.data.resolved_root(), lungs=finder)
+        variant = f"{variant}-seg{finder.digest[7:19]}"
+    maps, kept = config_maps(cfg, manifest, backbone, variant=variant, image_fn=image_fn,
                              image_size=image_size, progress=progress)
     return aligned(maps, kept, manifest)
+
+
+class _LungFinder:
+    """``grey -> lung mask`` from the segmenter of ``data.lung_model`` (None where it finds no lungs)."""
+
+    def __init__(self, roi):
+        self.roi, self.digest = roi, roi.setting.lung_digest or ""
+
+    def __call__(self, grey: np.ndarray) -> np.ndarray | None:
+        info = self.roi.locate(grey)  # with a lung ROI the same image was just located: a memo hit
+        return None if info.fallback or info.mask is None else info.mask
+
+
+def _lung_finder(cfg: Config) -> _LungFinder:
+    from ..features.roi import RegionOfInterest, RoiSetting
+
+    return _LungFinder(RegionOfInterest.shared(RoiSetting("lung_crop", lung_model=cfg.data.lung_model).resolved()))
 
 
 def _mirror(grey: np.ndarray, row) -> np.ndarray:
@@ -187,7 +209,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
             mirrored, kept_m = config_maps(cfg, rows, backbone, variant="hflip", image_fn=_mirror, image_size=size, progress=progress)
             tta_maps = aligned(mirrored, kept_m, rows)
         if req.blackout:
-            extras_note = region_kinds(rows, root)
+            extras_note = region_kinds(rows, root, segmenter=bool(cfg.data.lung_model))
         if extra:
             retrain_input = retrain_input or (backbone, rows, plan, extra)
         if req.by == "source":

@@ -3,7 +3,8 @@
 Two checks. (1) The confusion matrix of the out-of-fold predictions inside
 each ``source`` archive. (2) A shortcut control: the same fold models score
 the test images with the lung region blacked out (the radiologist lung mask
-where there is one, otherwise a central box). Without lungs there is no
+where there is one, otherwise the lung segmenter's mask when ``data.lung_model``
+names one, otherwise a central box). Without lungs there is no
 disease to see; accuracy far above chance means the model reads something
 else (archive, scanner, text markers, borders).
 """
@@ -11,6 +12,7 @@ else (archive, scanner, text markers, borders).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -50,15 +52,21 @@ def lung_region(shape: tuple[int, int], mask_path: str | Path | None) -> np.ndar
     return region
 
 
-def blackout_fn(data_root: str | Path):
-    """An ``image_fn`` for :func:`cxrdx.features.cache.extract_features` that blacks out the lungs."""
+def blackout_fn(data_root: str | Path, lungs: Callable[[np.ndarray], np.ndarray | None] | None = None):
+    """An ``image_fn`` for :func:`cxrdx.features.cache.extract_features` that blacks out the lungs: the row's
+    radiologist mask; else ``lungs(grey)`` (a lung segmenter's mask, None where it finds none); else the central box."""
     root = Path(data_root)
 
     def fn(grey: np.ndarray, row: pd.Series) -> np.ndarray:
         rel = row.get("lung_mask") if hasattr(row, "get") else None
         mask_path = root / rel if isinstance(rel, str) and rel else None
+        region = None
+        if lungs is not None and (mask_path is None or not mask_path.is_file()):
+            region = lungs(grey)
+        if region is None or not region.any():
+            region = lung_region(grey.shape, mask_path)
         out = grey.copy()
-        out[lung_region(grey.shape, mask_path)] = 0
+        out[region] = 0
         return out
 
     return fn
@@ -82,12 +90,15 @@ def border_only_fn(data_root: str | Path | None = None):
     return fn
 
 
-def region_kinds(manifest: pd.DataFrame, data_root: str | Path) -> dict[str, int]:
-    """How many rows are blacked out with a radiologist mask vs the central box."""
-    if "lung_mask" not in manifest.columns:
-        return {"mask": 0, "central_box": int(len(manifest))}
-    has = manifest["lung_mask"].apply(lambda r: isinstance(r, str) and (Path(data_root) / r).is_file())
-    return {"mask": int(has.sum()), "central_box": int((~has).sum())}
+def region_kinds(manifest: pd.DataFrame, data_root: str | Path, segmenter: bool = False) -> dict[str, int]:
+    """How many rows are blacked out with a radiologist mask vs the lung segmenter's mask (``segmenter``; the
+    central box where it finds no lungs) vs the central box."""
+    if "lung_mask" in manifest.columns:
+        has = manifest["lung_mask"].apply(lambda r: isinstance(r, str) and (Path(data_root) / r).is_file())
+    else:
+        has = pd.Series(False, index=manifest.index)
+    rest = int((~has).sum())
+    return {"mask": int(has.sum()), "segmenter": rest if segmenter else 0, "central_box": 0 if segmenter else rest}
 
 
 def per_source(manifest: pd.DataFrame, probs: np.ndarray, classes: tuple[str, ...]) -> list[dict]:
