@@ -156,9 +156,12 @@ def test_cv_by_source_writes_the_per_source_table_and_the_report_shows_it_first(
         gamma["unseen"]["accuracy"] - gamma["seen"]["accuracy"])
     folds = {f["source"]: f for f in loso["folds"]}
     assert folds["alpha"]["removed_linked_patients_images"] == 1  # the beta film of alpha's patient left training
-    for key in ("trained_without_lungs", "trained_on_border_only"):
+    for key in ("trained_without_lungs", "trained_on_border_only", "trained_on_shape_only"):
         assert "within_ci_of_chance" in res[key]["verdict"] and res[key]["chance"]["majority"] > 0
     assert {"lungs_blacked_out", "border_only"} <= set(res["best"]["shortcut"])
+    shape = loso["shape_only"]  # the film's format alone on the same unseen sources
+    assert [r["source"] for r in shape["per_source"]] == ["alpha", "beta", "gamma"] and 0 <= shape["accuracy"] <= 1
+    assert "the image's shape alone (no pixels), unseen" in result.output
 
     report = CliRunner().invoke(app, ["report", str(out)])
     assert report.exit_code == 0, report.output
@@ -169,3 +172,4 @@ def test_cv_by_source_writes_the_per_source_table_and_the_report_shows_it_first(
     assert all(s in section for s in ("alpha", "beta", "gamma", POOLED)) and "undefined" in section
     assert "normal called normal" in section and "accuracy seen (random split)" in section
     assert "trained and tested on the image border only" in html and "falls to chance within CI" in html
+    assert 'id="loso-shape-3class"' in section and "trained and tested on the image shape alone" in html

@@ -41,6 +41,13 @@ def _print_results(result: dict) -> None:
                 console.print(loso_overview(loso))
             for skip in loso["skipped"]:
                 console.print(f"[yellow]not held out: {skip['source']} ({skip['n_images']} images): {skip['reason']}[/]")
+            shape = loso.get("shape_only")
+            if shape:
+                lo, hi = shape["accuracy_ci"]
+                console.print(f"[bold red]the image's shape alone (no pixels), unseen: {shape['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
+                              f"over all held-out images (chance {shape['chance']['majority']:.3f}); "
+                              + ", ".join(f"{r['source']} {r['accuracy']:.3f}" for r in shape["per_source"] if r["accuracy"] is not None)
+                              + "[/]")
         proto = best.protocol
         console.rule(f"[bold]{task}[/] ({proto['n_images']} images, {proto['n_patients']} patients, {proto['folds']}-fold, {proto['label']})")
         if len(res["rows"]) > 1:

@@ -26,7 +26,7 @@ from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv, tta
 from .feature_maps import aligned, feature_maps
 from .fold_store import STORE_DIR, FoldStore, json_default
 from .loso import loso_section, source_plan
-from .shape_control import shape_control
+from .shape_control import loso_shape_control, shape_control
 from .results import CVSummary
 from .summary import summarise
 
@@ -185,6 +185,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
     shape_input = None
     loso_runs: dict[str, CVRun] = {}
     loso_plan = None
+    loso_rows = None
     for backbone in req.backbones:
         size = grid_size(cfg, req, backbone)
         ft_blocks = _finetune_blocks(cfg, backbone)
@@ -214,6 +215,7 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
             retrain_input = retrain_input or (backbone, rows, plan, extra)
         if req.by == "source":
             loso_plan = source_plan(rows, ev.min_source_images, ev.fold_seed, ev.val_fraction)
+            loso_rows = rows
         for model in req.models:
             cand = Candidate.parse(model, backbone, image_size=size, finetune_blocks=ft_blocks)
             run = run_cv(maps, rows, task_classes(task), cand, ev, model_cfg=cfg.model, train_cfg=cfg.train,
@@ -264,6 +266,10 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
     if loso_runs:
         same = {n: r for n, r in loso_runs.items() if r.manifest["image"].equals(loso_plan_rows(loso_runs))}
         out["loso"] = loso_section(same, result.runs, loso_plan, ev, roi=roi_of(cfg), ensemble_top=req.ensemble_top)
+        if req.shape:
+            out["loso"]["shape_only"] = loso_shape_control(
+                loso_rows, loso_plan.folds, list(loso_plan.sources), task_classes(task),
+                limits=ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes), n_boot=ev.bootstrap, seed=ev.fold_seed)
     if req.image_level:
         out["image_level"] = _image_level(best_run, result.runs, cfg, progress, store)
     if req.shape and shape_input is not None:

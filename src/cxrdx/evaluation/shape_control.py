@@ -69,6 +69,21 @@ def shape_control(rows: pd.DataFrame, plan, classes, *, shapes: np.ndarray | Non
     ci = patient_bootstrap(y_s, onehot, rows["patient_id"].to_numpy()[scored],
                            lambda yy, pp: {"accuracy": float(np.mean(pp.argmax(1) == yy))}, n_boot=n_boot, seed=seed)
     chance = chance_levels(y, n_cls)
+    per_fold = []
+    for k, (_, _, test) in enumerate(plan):
+        ok = test[pred[test] >= 0]
+        per_fold.append({"fold": k, "images": int(len(ok)),
+                         "accuracy": float(np.mean(pred[ok] == y[ok])) if len(ok) else None})
     return {"model": MODEL, "control": "shape_only", "accuracy": acc, "accuracy_ci": ci["accuracy"],
             "images": int(scored.sum()), "confusion_matrix": confusion_matrix(y_s, p_s, labels=list(range(n_cls))).tolist(),
-            "chance": chance, "verdict": shortcut_verdict(acc, ci["accuracy"], chance["majority"], setting=SETTING, cues=CUES)}
+            "per_fold": per_fold, "chance": chance,
+            "verdict": shortcut_verdict(acc, ci["accuracy"], chance["majority"], setting=SETTING, cues=CUES)}
+
+
+def loso_shape_control(rows: pd.DataFrame, plan, sources: list[str], classes, **kwargs) -> dict:
+    """The control under leave-one-source-out folds (``plan`` holds out ``sources[k]`` in fold ``k``): what the
+    image's shape alone gives on each unseen source, to read beside the models' unseen accuracy."""
+    res = shape_control(rows, plan, classes, **kwargs)
+    per_source = [{"source": s, "images": f["images"], "accuracy": f["accuracy"]} for s, f in zip(sources, res["per_fold"])]
+    return {"model": res["model"], "accuracy": res["accuracy"], "accuracy_ci": res["accuracy_ci"], "images": res["images"],
+            "chance": res["chance"], "per_source": per_source}
