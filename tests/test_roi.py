@@ -260,3 +260,5 @@ def test_blackout_control_with_a_segmenter_blacks_out_its_lungs_and_has_its_own_
     assert maps.shape[0] == 1
     names = [p.name for p in (tmp_path / "cache" / "features").iterdir()]
     assert any(f"nolung-v1-seg{finder.digest[7:19]}" in n for n in names), names
+    masked = load_config(overrides=[f"data.lung_model={seg_dir}", "data.roi=lung_mask"])  # no second segmenter
+    assert _lung_finder(masked).roi is RegionOfInterest.from_config(masked.data)

@@ -26,7 +26,7 @@ from .cv import CVRun, Candidate, average_runs, fold_plan, rank_key, run_cv, tta
 from .feature_maps import aligned, feature_maps
 from .fold_store import STORE_DIR, FoldStore, json_default
 from .loso import loso_section, source_plan
-from .shape_control import loso_shape_control, shape_control
+from .shape_control import image_shapes, loso_shape_control, shape_control
 from .results import CVSummary
 from .summary import summarise
 
@@ -145,14 +145,19 @@ class _LungFinder:
         self.roi, self.digest = roi, roi.setting.lung_digest or ""
 
     def __call__(self, grey: np.ndarray) -> np.ndarray | None:
-        info = self.roi.locate(grey)  # with a lung ROI the same image was just located: a memo hit
+        info = self.roi.locate(grey)  # with a lung ROI configured, the image was just located by it: a memo hit
         return None if info.fallback or info.mask is None else info.mask
 
 
 def _lung_finder(cfg: Config) -> _LungFinder:
+    """The configured lung ROI itself (one segmenter, one memo of masks); a lung crop of the same segmenter when the
+    ROI is the full image."""
     from ..features.roi import RegionOfInterest, RoiSetting
 
-    return _LungFinder(RegionOfInterest.shared(RoiSetting("lung_crop", lung_model=cfg.data.lung_model).resolved()))
+    roi = RegionOfInterest.from_config(cfg.data)
+    if roi.setting.roi == "full":
+        roi = RegionOfInterest.shared(RoiSetting("lung_crop", lung_model=cfg.data.lung_model).resolved())
+    return _LungFinder(roi)
 
 
 def _mirror(grey: np.ndarray, row) -> np.ndarray:
@@ -263,20 +268,24 @@ def run_task(cfg: Config, task: str, req: GridRequest, *, progress: bool = True,
         "best": best, "blackout_regions": extras_note,
         "architectures": architecture_section(result.runs, ev),
     }
+    limits = ReadLimits.from_config(cfg.data)
+    shapes = None
+    if req.shape and shape_input is not None:  # one decode per image, for the random-split and the LOSO shape control
+        shape_rows, shape_plan = shape_input
+        shapes = image_shapes(shape_rows, limits)
     if loso_runs:
         same = {n: r for n, r in loso_runs.items() if r.manifest["image"].equals(loso_plan_rows(loso_runs))}
         out["loso"] = loso_section(same, result.runs, loso_plan, ev, roi=roi_of(cfg), ensemble_top=req.ensemble_top)
-        if req.shape:
+        if shapes is not None:
+            same_rows = loso_rows["image"].equals(shape_rows["image"])
             out["loso"]["shape_only"] = loso_shape_control(
                 loso_rows, loso_plan.folds, list(loso_plan.sources), task_classes(task),
-                limits=ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes), n_boot=ev.bootstrap, seed=ev.fold_seed)
+                shapes=shapes if same_rows else image_shapes(loso_rows, limits), n_boot=ev.bootstrap, seed=ev.fold_seed)
     if req.image_level:
         out["image_level"] = _image_level(best_run, result.runs, cfg, progress, store)
-    if req.shape and shape_input is not None:
-        rows, plan = shape_input
-        out["trained_on_shape_only"] = shape_control(
-            rows, plan, task_classes(task), limits=ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes),
-            n_boot=ev.bootstrap, seed=ev.fold_seed)
+    if shapes is not None:
+        out["trained_on_shape_only"] = shape_control(shape_rows, shape_plan, task_classes(task), shapes=shapes,
+                                                     n_boot=ev.bootstrap, seed=ev.fold_seed)
     if retrain_input is not None:
         backbone, rows, plan, extra = retrain_input
         for name, maps in extra.items():

@@ -277,7 +277,7 @@ class RegionOfInterest:
     def locate_many(self, greys: list[np.ndarray]) -> list[RoiInfo]:
         """The region of each image (one batched segmenter call)."""
         s = self.setting
-        fit = (lambda box, shape: square_box(box, shape)) if s.fit == "square" else (lambda box, shape: box)
+        fit = square_box if s.fit == "square" else (lambda box, shape: box)
         if s.roi == "full":
             return [RoiInfo("full", "full", fit((0, 0, g.shape[1], g.shape[0]), g.shape), g.shape, s.intensity)
                     for g in greys]
