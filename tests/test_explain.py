@@ -209,3 +209,21 @@ def test_explain_works_inside_inference_mode(model):
     with torch.inference_mode():
         inside = explain(model, grey).heatmap
     np.testing.assert_allclose(inside, expected, atol=1e-5)
+
+
+def test_cli_explain_takes_every_read_limit_from_the_config(model, tmp_path):
+    """``data.max_aspect_ratio`` (not only max_pixels / max_file_bytes) reaches the CLI's reads."""
+    from typer.testing import CliRunner
+
+    from cxrdx.cli import app
+    from cxrdx.models.run import save_run
+
+    run = tmp_path / "run"
+    save_run(model, run)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(make_xray((150, 300), seed=3)).save(wide)  # 2:1
+    out = tmp_path / "out"
+    args = ["explain", str(wide), "--model", str(run), "--out", str(out)]
+    assert "1 explained, 0 skipped" in CliRunner().invoke(app, args).output
+    refused = CliRunner().invoke(app, [*args, "--set", "data.max_aspect_ratio=1.5"])
+    assert "aspect ratio 2:1 exceeds the limit of 1.5:1" in refused.output and "0 explained, 1 skipped" in refused.output

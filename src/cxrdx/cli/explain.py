@@ -76,7 +76,7 @@ def explain(
         raise typer.BadParameter(str(exc), param_hint="--method") from None
     if score == bool(images):
         raise typer.BadParameter("give IMAGES to explain, or --score (not both)")
-    limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
+    limits = ReadLimits.from_config(cfg.data)
     model = load_run(model_dir)
     if target is not None and target not in model.classes:
         raise typer.BadParameter(f"unknown class {target!r}; the model knows {model.classes}", param_hint="--target")

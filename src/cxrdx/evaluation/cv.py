@@ -186,7 +186,7 @@ def _fit_finetuned(cand, maps, y, train, val, test, classes, cfg: Config, rows: 
     model.head.load_state_dict(head.state_dict())
     with tempfile.TemporaryDirectory(prefix="cxrdx-cv-finetune-") as tmp:
         ft = finetune(model, rows.iloc[train].reset_index(drop=True), rows.iloc[val].reset_index(drop=True), cfg, tmp, progress=False)
-    limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
+    limits = ReadLimits.from_config(cfg.data)
     info.update(finetune_blocks=cfg.train.finetune_blocks, finetune_best_epoch=ft.best_epoch, finetune_epochs_run=len(ft.history))
     return _image_probs(model, rows.iloc[val], limits), [_image_probs(model, rows.iloc[test], limits)], info
 

@@ -49,7 +49,7 @@ def run_series(cfg: Config, *, progress: bool = True) -> tuple[dict, SeriesCVRes
     df = load_cohort(cfg)
     model = create_model(cfg.model.backbone, "pool", weights=cfg.model.weights, classes=list(cfg.data.classes), image_size=cfg.data.image_size)
     fs = extract_features(model, df, cfg.data.resolved_cache_dir(), progress=progress,
-                          limits=ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes))
+                          limits=ReadLimits.from_config(cfg.data))
     pooled = fs.features.astype(np.float32).mean(axis=(2, 3))
     series = build_series(fs.manifest, pooled, sc.target)
     summary = cohort_summary(series, sc.target)

@@ -82,7 +82,7 @@ def finetune(
 ) -> TrainResult:
     tc = cfg.train
     run_dir = Path(run_dir)
-    limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
+    limits = ReadLimits.from_config(cfg.data)
     spec = model.spec
     train_tf = build_transform(cfg.data.image_size, spec.mean, spec.std, augment=tc.augment)
     eval_tf = build_transform(cfg.data.image_size, spec.mean, spec.std)

@@ -129,7 +129,7 @@ def _run(cfg: Config, ctx: DistContext, *, progress: bool, resume: bool) -> RunO
     model.info.modality = df.attrs["modality"]
     # what computes the frozen maps (model.json records it, so evaluate / predict_manifest use the same cache entries)
     model.info.extra["feature_runtime"] = "torch" if ctx.enabled and ctx.device.type == "cuda" else cfg.train.feature_runtime
-    limits = ReadLimits(cfg.data.max_pixels, cfg.data.max_file_bytes)
+    limits = ReadLimits.from_config(cfg.data)
     cache_dir = cfg.data.resolved_cache_dir()
     if ctx.enabled:  # each rank fills its shard of the cache (test images too), then all read it back
         model.to(ctx.device)
