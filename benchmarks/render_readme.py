@@ -54,6 +54,15 @@ def throughput_section(name: str, r: dict) -> list[str]:
                      f"{row['class_agreement_vs_fp32']:.4f} | {row['max_abs_prob_diff_vs_fp32']:.1e} | {p50} | {p95} |")
     lines.append("")
     lines.append(f"Decode + preprocess alone (one thread): {r['decode_preprocess_only_img_s']:.0f} img/s.")
+    stable = r.get("fp32_stability")
+    if stable:
+        kept = "; ".join(f"{s['description']}: **{s['class_agreement']:.3f}** [{s['class_agreement_ci'][0]:.3f}, "
+                         f"{s['class_agreement_ci'][1]:.3f}] ({s['flips']} flips)"
+                         for key, s in stable.items() if key not in ("reference", "runtime"))
+        lines += ["", f"For scale, fp32 itself ({stable['runtime']}) keeps its class on these "
+                      f"{stable['reference']['images']} images after changes no reader can see: {kept} "
+                      "(patient-bootstrap 95% CIs; `cxrdx evaluate --stability`). An approximate runtime's agreement "
+                      "with fp32 is judged against that."]
     return lines
 
 

@@ -17,6 +17,9 @@ come from all of them. Variants run interleaved for ``--rounds`` rounds, so a
 background load hits all alike (the load average is recorded at start and
 end). Batch-1 latency goes through the server's path
 (:class:`cxrdx.serve.service.ModelService`: ``prepare`` then ``score``).
+For scale, ``fp32_stability`` says how often fp32 itself keeps its class on the same images after one
+JPEG round trip at quality 95 and one grey level of Gaussian noise (:mod:`cxrdx.evaluation.stability`):
+an approximate runtime cannot be asked to agree with fp32 better than fp32 agrees with itself there.
 
     python benchmarks/throughput.py --run runs/demo --threads 2 --rounds 3 --name cpu-2core
     python benchmarks/render_readme.py          # README performance table from benchmarks/results/*.json
@@ -55,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--all-torch", action="store_true", help="Also torch-channels-last and torch-compile (minutes to compile).")
     p.add_argument("--latency-images", type=int, default=64, help="Batch-1 requests per served runtime.")
     p.add_argument("--calibration-images", type=int, default=128, help="For a missing model.int8.onnx.")
+    p.add_argument("--no-stability", dest="stability", action="store_false",
+                   help="Skip fp32's own stability (JPEG q95 round trip, one grey level of noise) on the held-out split.")
     p.add_argument("--name", default="cpu", help="Writes benchmarks/results/<name>.json.")
     p.add_argument("--json", type=Path, default=None, help="Write here instead.")
     return p.parse_args(argv)
@@ -176,6 +181,18 @@ def server_latency(run: Path, runtime: str, threads: int, sources) -> dict:
             "latency_requests": len(times)}
 
 
+def fp32_stability(run: Path, pred, images: list[tuple[str, bytes]]) -> dict:
+    """:func:`cxrdx.evaluation.stability.prediction_stability` of the fp32 predictor ``pred`` on ``images``."""
+    import pandas as pd
+
+    from cxrdx.data.io import read_image
+    from cxrdx.evaluation.stability import prediction_stability
+
+    patient = pd.read_csv(run / "split.csv", dtype={"patient_id": str}).set_index("image")["patient_id"]
+    return prediction_stability(pred, [b for _, b in images], [patient.get(p, p) for p, _ in images],
+                                read=lambda data: read_image(data, limits=pred.limits))
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -210,6 +227,7 @@ def run(args: argparse.Namespace) -> dict:
     latency = {name: server_latency(args.run, name, args.threads, all_images[: args.latency_images])
                for name in variants if name in SERVED and args.latency_images > 0}
     eager = statistics.median(rates["torch-eager"])
+    stable_by = "onnx" if "onnx" in preds else "torch-eager"  # fp32 either way; ONNX is the faster one
     rows = [{
         "variant": name, "precision": EXACT.get(name, "?"),
         "median_img_s": statistics.median(r), "best_img_s": max(r), "rounds_img_s": r,
@@ -231,6 +249,8 @@ def run(args: argparse.Namespace) -> dict:
         "decode_preprocess_only_img_s": statistics.median(decode_rates),
         "reference": "torch-eager (fp32)",
         "rows": rows, "setup_s": setup, "int8_quantization": int8_info,
+        "fp32_stability": ({"runtime": stable_by, **fp32_stability(args.run, preds[stable_by], all_images)}
+                           if args.stability else None),
     }
 
 
@@ -248,6 +268,10 @@ def print_table(report: dict) -> None:
                       f"{r['class_agreement_vs_fp32']:.4f}", f"{r['max_abs_prob_diff_vs_fp32']:.1e}", *lat)
     console = Console()
     console.print(table)
+    if report.get("fp32_stability"):
+        from cxrdx.evaluation.tables import stability_table
+
+        console.print(stability_table(report["fp32_stability"]))
     console.print(f"decode + preprocess alone: {report['decode_preprocess_only_img_s']:.0f} img/s; load average start "
                   + ", ".join(f"{x:.2f}" for x in report["load_average_start"]) + "; end "
                   + ", ".join(f"{x:.2f}" for x in report["load_average_end"]))

@@ -91,7 +91,16 @@ def test_evaluate_cli_writes_metrics(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["accuracy"] == pytest.approx(trained_run.metrics["accuracy"], abs=1e-6)
-    assert "Confusion matrix" in result.output
+    assert "Confusion matrix" in result.output and "stability" not in metrics
+
+    stable = CliRunner().invoke(app, ["evaluate", str(trained_run.run_dir), "--json", str(out), "--stability"])
+    assert stable.exit_code == 0, stable.output
+    report = json.loads(out.read_text())["stability"]
+    n = report["reference"]["images"]
+    assert report["runtime"] == "torch" and n == trained_run.split_sizes["test"]["images"]
+    for name in ("jpeg95", "noise1"):
+        assert report[name]["images"] == n and 0.5 <= report[name]["class_agreement"] <= 1.0
+    assert "Prediction stability" in stable.output
 
 
 def test_cli_reports_missing_model_without_traceback(tmp_path):

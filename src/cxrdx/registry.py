@@ -35,6 +35,7 @@ PROVIDERS: dict[str, str] = {
     "fits": "cxrdx.features.roi",
     "samplings": "cxrdx.data.sampling",
     "augmentations": "cxrdx.data.transforms",
+    "perturbations": "cxrdx.evaluation.stability",
 }
 
 _REGISTRIES: dict[str, "Registry"] = {}

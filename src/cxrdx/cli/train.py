@@ -67,15 +67,23 @@ def evaluate(
     manifest: Optional[Path] = ManifestOpt,
     part: str = typer.Option("test", help="Which rows of the run's split.csv to score: test | val | train | all. Ignored with --data/--manifest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    stability: bool = typer.Option(False, "--stability/--no-stability", help="Also re-predict every image after a JPEG "
+                                   "round trip (quality 95) and one grey level of noise: how often the class holds."),
+    runtime: str = typer.Option("torch", help="Runtime of the stability check: " + registered("runtimes")),
 ) -> None:
     """Score a trained model: accuracy, per-class sensitivity / specificity / precision / F1 / AUC, confusion matrix."""
     from ..evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, data=data, manifest=manifest, part=part)
+    result = evaluate_run(run_dir, data=data, manifest=manifest, part=part, stability=stability, runtime=runtime)
     _print_outcome(result.metrics, result.title)
+    if result.stability is not None:
+        from ..evaluation.tables import stability_table
+
+        console.print(stability_table(result.stability))
     _print_skipped(result.failures)
     if json_out:
-        json_out.write_text(json.dumps(result.metrics, indent=2))
+        payload = result.metrics if result.stability is None else {**result.metrics, "stability": result.stability}
+        json_out.write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")
 
 

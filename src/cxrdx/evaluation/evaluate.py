@@ -29,6 +29,8 @@ class EvaluationResult:
     """``(image, error)`` of every row that could not be read (skipped, never fatal)."""
     title: str = ""
     """What was scored, e.g. ``runs/demo on test split``."""
+    stability: dict | None = None
+    """:func:`cxrdx.evaluation.stability.prediction_stability` of the scored rows (``stability=True``)."""
 
 
 def run_config(run_dir: str | Path) -> Config:
@@ -56,11 +58,14 @@ def evaluation_rows(run_dir: str | Path, classes: tuple[str, ...], *, data=None,
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | Path | None = None, manifest: str | Path | None = None,
-                 part: str = "test", cache_dir: str | Path | None = None) -> EvaluationResult:
+                 part: str = "test", cache_dir: str | Path | None = None, stability: bool = False,
+                 runtime: str = "torch") -> EvaluationResult:
     """Accuracy, per-class sensitivity / specificity / precision / F1 / AUC, confusion matrix, patient-bootstrap CIs.
 
     ``part`` (test | val | train | all) picks rows of the run's ``split.csv``; it is ignored with ``data`` /
     ``manifest``. Features are cached in ``cache_dir`` (default: the run's configured cache).
+    ``stability``: also re-predict the rows after each perturbation of :mod:`cxrdx.evaluation.stability`
+    (JPEG re-encoding, one grey level of noise) with ``runtime``, and report how often the class holds.
     """
     model = load_run(run_dir)
     classes = tuple(model.classes)
@@ -69,4 +74,18 @@ def evaluate_run(run_dir: str | Path, *, data: str | Path | None = None, manifes
     probs, kept, failures = predict_manifest(model, df, cache)
     metrics = metrics_with_ci(kept["target"].to_numpy(), probs, kept["patient_id"].to_numpy(), classes)
     title = f"{run_dir} on {'given data' if data or manifest else part + ' split'}"
-    return EvaluationResult(metrics, list(failures), title)
+    stable = stability_of_rows(run_dir, model, kept, runtime) if stability else None
+    return EvaluationResult(metrics, list(failures), title, stable)
+
+
+def stability_of_rows(run_dir: str | Path, model, rows: pd.DataFrame, runtime: str = "torch") -> dict:
+    """:func:`~cxrdx.evaluation.stability.prediction_stability` of ``rows`` (readable images only), with ``runtime``."""
+    from ..data.io import ReadLimits, read_image
+    from ..inference.runtimes import create_predictor
+    from .stability import prediction_stability
+
+    limits = ReadLimits.from_config(run_config(run_dir).data)
+    predictor = create_predictor(run_dir, runtime, model=model, limits=limits, guard=False)
+    stable = prediction_stability(predictor, rows["image"].tolist(), rows["patient_id"].astype(str).to_numpy(),
+                                  read=lambda path: read_image(path, limits=limits))
+    return {"runtime": runtime, **stable}

@@ -153,3 +153,19 @@ def architecture_table(section: dict, title: str = "The design's four architectu
         table.add_row(r["architecture"], f"{r['backbone']} ({r['image_size']})", f"{r['head']} ({r['val_macro_f1']:.3f})",
                       _fmt(r["accuracy"][0], r["accuracy"][1:3]), *per_class, _fmt(r["macro_auc"][0], r["macro_auc"][1:3]))
     return table
+
+
+def stability_table(stability: dict) -> Table:
+    """:func:`cxrdx.evaluation.stability.prediction_stability`: one row per perturbation."""
+    n = stability.get("reference", {}).get("images", 0)
+    table = Table(title=f"Prediction stability ({stability.get('runtime', 'torch')}, {n} images): "
+                        "same class after a change no reader can see")
+    for col in ("perturbation", "class kept", "flips", "flips from", "max |dp|", "mean max |dp|"):
+        table.add_column(col, justify="left" if col in ("perturbation", "flips from") else "right")
+    for name, row in stability.items():
+        if name in ("reference", "runtime"):
+            continue
+        flips_from = ", ".join(f"{c} {k}" for c, k in row["flips_from"].items() if k) or "-"
+        table.add_row(f"{name} ({row['description']})", _fmt(row["class_agreement"], row["class_agreement_ci"]),
+                      str(row["flips"]), flips_from, _fmt(row["max_abs_prob_diff"]), _fmt(row["mean_abs_prob_diff"]))
+    return table
