@@ -58,7 +58,7 @@ def throughput_section(name: str, r: dict) -> list[str]:
     if stable:
         kept = "; ".join(f"{s['description']}: **{s['class_agreement']:.3f}** [{s['class_agreement_ci'][0]:.3f}, "
                          f"{s['class_agreement_ci'][1]:.3f}] ({s['flips']} flips)"
-                         for key, s in stable.items() if key not in ("reference", "runtime"))
+                         for s in stable.values() if isinstance(s, dict) and "class_agreement" in s)
         lines += ["", f"For scale, fp32 itself ({stable['runtime']}) keeps its class on these "
                       f"{stable['reference']['images']} images after changes no reader can see: {kept} "
                       "(patient-bootstrap 95% CIs; `cxrdx evaluate --stability`). An approximate runtime's agreement "

@@ -101,6 +101,8 @@ def test_evaluate_cli_writes_metrics(trained_run, tmp_path):
     for name in ("jpeg95", "noise1"):
         assert report[name]["images"] == n and 0.5 <= report[name]["class_agreement"] <= 1.0
     assert "Prediction stability" in stable.output
+    kept = json.loads((trained_run.run_dir / "stability.json").read_text())  # beside the run, for `cxrdx report`
+    assert kept["part"] == "test" and kept["noise1"]["flips"] == report["noise1"]["flips"]
 
 
 def test_cli_reports_missing_model_without_traceback(tmp_path):

@@ -19,6 +19,8 @@ from ..registry import UnknownNameError
 from ..stats.bootstrap import metrics_with_ci
 
 PARTS = ("test", "val", "train", "all")
+STABILITY_FILE = "stability.json"
+"""``RUN/stability.json``: the stability of the run's own split (``cxrdx evaluate --stability``); the report shows it."""
 
 
 @dataclass
@@ -75,6 +77,9 @@ def evaluate_run(run_dir: str | Path, *, data: str | Path | None = None, manifes
     metrics = metrics_with_ci(kept["target"].to_numpy(), probs, kept["patient_id"].to_numpy(), classes)
     title = f"{run_dir} on {'given data' if data or manifest else part + ' split'}"
     stable = stability_of_rows(run_dir, model, kept, runtime) if stability else None
+    if stable is not None and not (data or manifest):  # the run's own split: kept beside the run for its report
+        stable["part"] = part
+        (Path(run_dir) / STABILITY_FILE).write_text(json.dumps(stable, indent=2))
     return EvaluationResult(metrics, list(failures), title, stable)
 
 

@@ -120,7 +120,18 @@ def load_report_data(run_dir: str | Path, n_boot: int = 1000) -> dict:
     data["run_dir"] = str(run_dir)
     data["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     data["explain"] = _explain_section(run_dir)
+    data["stability"] = _stability_section(run_dir)
     return data
+
+
+def _stability_section(run_dir: Path) -> dict | None:
+    """``RUN/stability.json`` (``cxrdx evaluate RUN --stability``), or None."""
+    from .evaluate import STABILITY_FILE
+
+    try:
+        return json.loads((run_dir / STABILITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _figures(data: dict) -> dict:
@@ -160,6 +171,9 @@ def _missing_notes(data: dict) -> list[str]:
                      "for leave-one-source-out numbers beside the random split")
     if not data.get("explain"):
         notes.append(f"explain: run `cxrdx explain --score --run {run}` to add where the model looks")
+    if not data.get("stability") and data.get("kind") == "training run":  # cv / compare folders hold no model
+        notes.append(f"stability: run `cxrdx evaluate {run} --stability` to add whether the class holds after a JPEG "
+                     "round trip and one grey level of noise")
     return notes
 
 

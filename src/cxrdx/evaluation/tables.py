@@ -163,7 +163,7 @@ def stability_table(stability: dict) -> Table:
     for col in ("perturbation", "class kept", "flips", "flips from", "max |dp|", "mean max |dp|"):
         table.add_column(col, justify="left" if col in ("perturbation", "flips from") else "right")
     for name, row in stability.items():
-        if name in ("reference", "runtime"):
+        if not (isinstance(row, dict) and "class_agreement" in row):  # reference, runtime, part
             continue
         flips_from = ", ".join(f"{c} {k}" for c, k in row["flips_from"].items() if k) or "-"
         table.add_row(f"{name} ({row['description']})", _fmt(row["class_agreement"], row["class_agreement_ci"]),
