@@ -63,6 +63,24 @@ def test_stability_counts_the_flips_of_borderline_images_in_bounded_chunks():
     assert again["noise1"]["flips"] == noise["flips"]  # the same draws whatever the chunk size
 
 
+def test_an_unreadable_image_is_skipped_not_fatal(tmp_path):
+    from cxrdx.data.io import read_image
+
+    good = []
+    for i in range(3):
+        path = tmp_path / f"ok{i}.png"
+        from PIL import Image
+
+        Image.fromarray(make_xray((80, 80), seed=i)).save(path)
+        good.append(path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    paths = [good[0], broken, good[1], tmp_path / "gone.png", good[2]]
+    out = prediction_stability(MeanThreshold(), paths, list("abcde"), read=read_image, chunk=2)
+    assert out["reference"]["images"] == 3 and out["noise1"]["images"] == 3
+    assert [s["image"] for s in out["skipped"]] == [str(broken), str(tmp_path / "gone.png")]
+
+
 def test_stability_reads_lazily_and_checks_its_inputs():
     paths = [f"img{i}" for i in range(6)]
     store = {p: np.full((32, 32), 10 * i, np.uint8) for i, p in enumerate(paths)}

@@ -80,6 +80,8 @@ def evaluate(
         from ..evaluation.tables import stability_table
 
         console.print(stability_table(result.stability))
+        for item in result.stability.get("skipped", []):
+            err_console.print(f"[yellow]stability: skipped[/] {item['error']}")
     _print_skipped(result.failures)
     if json_out:
         payload = result.metrics if result.stability is None else {**result.metrics, "stability": result.stability}

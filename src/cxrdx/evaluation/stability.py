@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..data.errors import ImageReadError
 from ..registry import Registry
 from ..stats.bootstrap import patient_mean_ci
 
@@ -65,6 +66,7 @@ def agreement_summary(reference: np.ndarray, probs: np.ndarray, patients: np.nda
         "flips": int(len(same) - same.sum()),
         "flips_from": {c: int(((ref_cls == i) & (new_cls != i)).sum()) for i, c in enumerate(classes)},
         "max_abs_prob_diff": float(diff.max()) if len(diff) else None,
+        # mean over images of the largest change of any class's probability
         "mean_abs_prob_diff": float(diff.max(axis=1).mean()) if len(diff) else None,
     }
 
@@ -76,7 +78,8 @@ def prediction_stability(predictor, images: Sequence, patients, *, read: Callabl
     ``images``: decoded uint8 images, or anything ``read`` turns into one (e.g. paths with
     :func:`cxrdx.data.io.read_image`); they are read ``chunk`` at a time, so memory stays bounded.
     ``predictor``: anything with ``predict_arrays`` and ``classes`` (every runtime's predictor).
-    Returns ``{"reference": {"images"}, "<perturbation>": agreement_summary + "description"}``.
+    An image ``read`` cannot decode (:class:`~cxrdx.data.errors.ImageReadError`) is listed under ``skipped``.
+    Returns ``{"reference": {"images"}, "skipped": [...], "<perturbation>": agreement_summary + "description"}``.
     """
     for name in perturbations:
         PERTURBATIONS.check(name)
@@ -85,18 +88,28 @@ def prediction_stability(predictor, images: Sequence, patients, *, read: Callabl
         raise ValueError(f"{len(images)} images but {len(patients)} patient ids")
     read = read or (lambda x: x)
     reference, moved = [], {name: [] for name in perturbations}
+    used, skipped = [], []
     for start in range(0, len(images), chunk):
-        greys = [read(x) for x in images[start : start + chunk]]
+        greys, index = [], []
+        for i in range(start, min(start + chunk, len(images))):
+            try:
+                greys.append(read(images[i]))
+                index.append(i)
+            except ImageReadError as exc:  # gone or broken since it was scored: skipped, never fatal
+                skipped.append({"image": str(images[i]), "error": str(exc)})
+        if not greys:
+            continue
+        used += index
         reference.append(predictor.predict_arrays(greys))
         for name in perturbations:
             apply = PERTURBATIONS.get(name).apply
             moved[name].append(predictor.predict_arrays(
-                [apply(g, np.random.default_rng([seed, start + i])) for i, g in enumerate(greys)]))
+                [apply(g, np.random.default_rng([seed, i])) for i, g in zip(index, greys)]))
     k = len(predictor.classes)
     ref = np.concatenate(reference) if reference else np.zeros((0, k), np.float32)
-    out: dict = {"reference": {"images": len(images)}}
+    out: dict = {"reference": {"images": len(used)}, "skipped": skipped}
     for name in perturbations:
         probs = np.concatenate(moved[name]) if moved[name] else np.zeros((0, k), np.float32)
         out[name] = {"description": PERTURBATIONS.get(name).description,
-                     **agreement_summary(ref, probs, patients, list(predictor.classes), n_boot=n_boot, seed=seed)}
+                     **agreement_summary(ref, probs, patients[used], list(predictor.classes), n_boot=n_boot, seed=seed)}
     return out
