@@ -58,9 +58,9 @@ def throughput_section(name: str, r: dict) -> list[str]:
     if stable:
         kept = "; ".join(f"{s['description']}: **{s['class_agreement']:.3f}** [{s['class_agreement_ci'][0]:.3f}, "
                          f"{s['class_agreement_ci'][1]:.3f}] ({s['flips']} flips)"
-                         for s in stable.values() if isinstance(s, dict) and "class_agreement" in s)
+                         for s in stable["perturbations"].values())
         lines += ["", f"For scale, fp32 itself ({stable['runtime']}) keeps its class on these "
-                      f"{stable['reference']['images']} images after changes no reader can see: {kept} "
+                      f"{stable['images']} images after changes no reader can see: {kept} "
                       "(patient-bootstrap 95% CIs; `cxrdx evaluate --stability`). An approximate runtime's agreement "
                       "with fp32 is judged against that."]
     return lines

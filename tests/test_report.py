@@ -104,10 +104,11 @@ def test_training_run_report_computes_patient_cis_and_embeds_explain(cxr3_root, 
     assert any("--stability" in n for n in notes) and "cxrdx evaluate" in html.split('id="stability"')[1]
     # `cxrdx evaluate RUN --stability` leaves stability.json beside the run: the report shows its table
     (run / "stability.json").write_text(json.dumps({
-        "runtime": "onnx", "part": "test", "reference": {"images": 240},
-        "jpeg95": {"description": "one JPEG round trip at quality 95", "images": 240, "class_agreement": 0.9625,
-                   "class_agreement_ci": [0.94, 0.98], "flips": 9, "flips_from": {"covid": 0, "pneumonia": 7, "normal": 2},
-                   "max_abs_prob_diff": 0.61, "mean_abs_prob_diff": 0.04},
+        "runtime": "onnx", "part": "test", "images": 240, "skipped": [],
+        "perturbations": {"jpeg95": {
+            "description": "one JPEG round trip at quality 95", "images": 240, "class_agreement": 0.9625,
+            "class_agreement_ci": [0.94, 0.98], "flips": 9, "flips_from": {"covid": 0, "pneumonia": 7, "normal": 2},
+            "max_abs_prob_diff": 0.61, "mean_max_abs_prob_diff": 0.04}},
     }))
     html_path, _, notes = write_report(run, n_boot=50)
     section = html_path.read_text().split('id="stability"')[1]

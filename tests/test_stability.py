@@ -50,17 +50,17 @@ def test_stability_counts_the_flips_of_borderline_images_in_bounded_chunks():
     patients = np.array([f"p{i // 2}" for i in range(len(images))])
     model = MeanThreshold()
     out = prediction_stability(model, images, patients, chunk=8)
-    assert out["reference"]["images"] == len(images)
-    noise = out["noise1"]
+    assert out["images"] == len(images)
+    noise = out["perturbations"]["noise1"]
     assert noise["images"] == len(images) and 5 <= noise["flips"] <= 40
     assert noise["class_agreement"] == pytest.approx(1 - noise["flips"] / len(images))
     lo, hi = noise["class_agreement_ci"]
     assert lo <= noise["class_agreement"] <= hi
     assert sum(noise["flips_from"].values()) == noise["flips"]
-    assert out["jpeg95"]["flips"] == 0  # flat images survive a JPEG round trip unchanged
+    assert out["perturbations"]["jpeg95"]["flips"] == 0  # flat images survive a JPEG round trip unchanged
     assert model.calls == 3 * -(-len(images) // 8)  # chunk by chunk: reference + 2 perturbations per chunk
     again = prediction_stability(MeanThreshold(), images, patients, chunk=64)
-    assert again["noise1"]["flips"] == noise["flips"]  # the same draws whatever the chunk size
+    assert again["perturbations"]["noise1"]["flips"] == noise["flips"]  # the same draws whatever the chunk size
 
 
 def test_an_unreadable_image_is_skipped_not_fatal(tmp_path):
@@ -77,7 +77,7 @@ def test_an_unreadable_image_is_skipped_not_fatal(tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     paths = [good[0], broken, good[1], tmp_path / "gone.png", good[2]]
     out = prediction_stability(MeanThreshold(), paths, list("abcde"), read=read_image, chunk=2)
-    assert out["reference"]["images"] == 3 and out["noise1"]["images"] == 3
+    assert out["images"] == 3 and out["perturbations"]["noise1"]["images"] == 3
     assert [s["image"] for s in out["skipped"]] == [str(broken), str(tmp_path / "gone.png")]
 
 
@@ -85,7 +85,7 @@ def test_stability_reads_lazily_and_checks_its_inputs():
     paths = [f"img{i}" for i in range(6)]
     store = {p: np.full((32, 32), 10 * i, np.uint8) for i, p in enumerate(paths)}
     out = prediction_stability(MeanThreshold(), paths, list("aabbcc"), read=store.__getitem__, perturbations=("jpeg95",))
-    assert out["jpeg95"]["class_agreement"] == 1.0 and "noise1" not in out
+    assert out["perturbations"]["jpeg95"]["class_agreement"] == 1.0 and "noise1" not in out["perturbations"]
     with pytest.raises(UnknownNameError):
         prediction_stability(MeanThreshold(), paths, list("aabbcc"), read=store.__getitem__, perturbations=("blur",))
     with pytest.raises(ValueError, match="patient ids"):

@@ -96,13 +96,14 @@ def test_evaluate_cli_writes_metrics(trained_run, tmp_path):
     stable = CliRunner().invoke(app, ["evaluate", str(trained_run.run_dir), "--json", str(out), "--stability"])
     assert stable.exit_code == 0, stable.output
     report = json.loads(out.read_text())["stability"]
-    n = report["reference"]["images"]
+    n = report["images"]
     assert report["runtime"] == "torch" and n == trained_run.split_sizes["test"]["images"]
     for name in ("jpeg95", "noise1"):
-        assert report[name]["images"] == n and 0.5 <= report[name]["class_agreement"] <= 1.0
+        row = report["perturbations"][name]
+        assert row["images"] == n and 0.5 <= row["class_agreement"] <= 1.0
     assert "Prediction stability" in stable.output
     kept = json.loads((trained_run.run_dir / "stability.json").read_text())  # beside the run, for `cxrdx report`
-    assert kept["part"] == "test" and kept["noise1"]["flips"] == report["noise1"]["flips"]
+    assert kept["part"] == "test" and kept["perturbations"]["noise1"]["flips"] == report["perturbations"]["noise1"]["flips"]
 
 
 def test_cli_reports_missing_model_without_traceback(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import Config
+from ..data.io import ReadLimits
 from ..data.manifest import ManifestError, load_manifest
 from ..inference.predictor import predict_manifest
 from ..models.run import load_run
@@ -72,24 +73,24 @@ def evaluate_run(run_dir: str | Path, *, data: str | Path | None = None, manifes
     model = load_run(run_dir)
     classes = tuple(model.classes)
     df = evaluation_rows(run_dir, classes, data=data, manifest=manifest, part=part)
-    cache = Path(cache_dir) if cache_dir else run_config(run_dir).data.resolved_cache_dir()
+    data_cfg = run_config(run_dir).data
+    cache = Path(cache_dir) if cache_dir else data_cfg.resolved_cache_dir()
     probs, kept, failures = predict_manifest(model, df, cache)
     metrics = metrics_with_ci(kept["target"].to_numpy(), probs, kept["patient_id"].to_numpy(), classes)
     title = f"{run_dir} on {'given data' if data or manifest else part + ' split'}"
-    stable = stability_of_rows(run_dir, model, kept, runtime) if stability else None
+    stable = stability_of_rows(run_dir, model, kept, runtime, ReadLimits.from_config(data_cfg)) if stability else None
     if stable is not None and not (data or manifest):  # the run's own split: kept beside the run for its report
         stable["part"] = part
         (Path(run_dir) / STABILITY_FILE).write_text(json.dumps(stable, indent=2))
     return EvaluationResult(metrics, list(failures), title, stable)
 
 
-def stability_of_rows(run_dir: str | Path, model, rows: pd.DataFrame, runtime: str = "torch") -> dict:
+def stability_of_rows(run_dir: str | Path, model, rows: pd.DataFrame, runtime: str, limits: ReadLimits) -> dict:
     """:func:`~cxrdx.evaluation.stability.prediction_stability` of ``rows`` (readable images only), with ``runtime``."""
-    from ..data.io import ReadLimits, read_image
+    from ..data.io import read_image
     from ..inference.runtimes import create_predictor
     from .stability import prediction_stability
 
-    limits = ReadLimits.from_config(run_config(run_dir).data)
     predictor = create_predictor(run_dir, runtime, model=model, limits=limits, guard=False)
     stable = prediction_stability(predictor, rows["image"].tolist(), rows["patient_id"].astype(str).to_numpy(),
                                   read=lambda path: read_image(path, limits=limits))

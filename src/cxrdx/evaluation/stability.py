@@ -54,7 +54,8 @@ DEFAULT_PERTURBATIONS = ("jpeg95", "noise1")
 def agreement_summary(reference: np.ndarray, probs: np.ndarray, patients: np.ndarray, classes: list[str],
                       *, n_boot: int = 2000, seed: int = 0) -> dict:
     """How ``probs`` agree with ``reference`` (both ``[n, k]``): class agreement with a patient-bootstrap CI,
-    probability changes, and the flips counted by the reference class."""
+    probability changes (the largest; the mean over images of each image's largest), and the flips counted by the
+    reference class."""
     ref_cls, new_cls = reference.argmax(1), probs.argmax(1)
     same = (ref_cls == new_cls).astype(np.float64)
     diff = np.abs(reference - probs)
@@ -66,8 +67,7 @@ def agreement_summary(reference: np.ndarray, probs: np.ndarray, patients: np.nda
         "flips": int(len(same) - same.sum()),
         "flips_from": {c: int(((ref_cls == i) & (new_cls != i)).sum()) for i, c in enumerate(classes)},
         "max_abs_prob_diff": float(diff.max()) if len(diff) else None,
-        # mean over images of the largest change of any class's probability
-        "mean_abs_prob_diff": float(diff.max(axis=1).mean()) if len(diff) else None,
+        "mean_max_abs_prob_diff": float(diff.max(axis=1).mean()) if len(diff) else None,
     }
 
 
@@ -79,15 +79,14 @@ def prediction_stability(predictor, images: Sequence, patients, *, read: Callabl
     :func:`cxrdx.data.io.read_image`); they are read ``chunk`` at a time, so memory stays bounded.
     ``predictor``: anything with ``predict_arrays`` and ``classes`` (every runtime's predictor).
     An image ``read`` cannot decode (:class:`~cxrdx.data.errors.ImageReadError`) is listed under ``skipped``.
-    Returns ``{"reference": {"images"}, "skipped": [...], "<perturbation>": agreement_summary + "description"}``.
+    Returns ``{"images": n scored, "skipped": [...], "perturbations": {name: agreement_summary + "description"}}``.
     """
-    for name in perturbations:
-        PERTURBATIONS.check(name)
+    chosen = {name: PERTURBATIONS.get(name) for name in perturbations}  # unknown names fail before any work
     patients = np.asarray(patients)
     if len(patients) != len(images):
         raise ValueError(f"{len(images)} images but {len(patients)} patient ids")
     read = read or (lambda x: x)
-    reference, moved = [], {name: [] for name in perturbations}
+    reference, moved = [], {name: [] for name in chosen}
     used, skipped = [], []
     for start in range(0, len(images), chunk):
         greys, index = [], []
@@ -101,15 +100,13 @@ def prediction_stability(predictor, images: Sequence, patients, *, read: Callabl
             continue
         used += index
         reference.append(predictor.predict_arrays(greys))
-        for name in perturbations:
-            apply = PERTURBATIONS.get(name).apply
+        for name, perturbation in chosen.items():
             moved[name].append(predictor.predict_arrays(
-                [apply(g, np.random.default_rng([seed, i])) for i, g in zip(index, greys)]))
-    k = len(predictor.classes)
-    ref = np.concatenate(reference) if reference else np.zeros((0, k), np.float32)
-    out: dict = {"reference": {"images": len(used)}, "skipped": skipped}
-    for name in perturbations:
-        probs = np.concatenate(moved[name]) if moved[name] else np.zeros((0, k), np.float32)
-        out[name] = {"description": PERTURBATIONS.get(name).description,
-                     **agreement_summary(ref, probs, patients[used], list(predictor.classes), n_boot=n_boot, seed=seed)}
-    return out
+                [perturbation.apply(g, np.random.default_rng([seed, i])) for i, g in zip(index, greys)]))
+    empty = np.zeros((0, len(predictor.classes)), np.float32)
+    ref = np.concatenate(reference) if reference else empty
+    rows = {name: {"description": perturbation.description,
+                   **agreement_summary(ref, np.concatenate(moved[name]) if moved[name] else empty, patients[used],
+                                       list(predictor.classes), n_boot=n_boot, seed=seed)}
+            for name, perturbation in chosen.items()}
+    return {"images": len(used), "skipped": skipped, "perturbations": rows}

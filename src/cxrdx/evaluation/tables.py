@@ -157,15 +157,12 @@ def architecture_table(section: dict, title: str = "The design's four architectu
 
 def stability_table(stability: dict) -> Table:
     """:func:`cxrdx.evaluation.stability.prediction_stability`: one row per perturbation."""
-    n = stability.get("reference", {}).get("images", 0)
-    table = Table(title=f"Prediction stability ({stability.get('runtime', 'torch')}, {n} images): "
+    table = Table(title=f"Prediction stability ({stability.get('runtime', 'torch')}, {stability['images']} images): "
                         "same class after a change no reader can see")
     for col in ("perturbation", "class kept", "flips", "flips from", "max |dp|", "mean max |dp|"):
         table.add_column(col, justify="left" if col in ("perturbation", "flips from") else "right")
-    for name, row in stability.items():
-        if not (isinstance(row, dict) and "class_agreement" in row):  # reference, runtime, part
-            continue
+    for name, row in stability["perturbations"].items():
         flips_from = ", ".join(f"{c} {k}" for c, k in row["flips_from"].items() if k) or "-"
         table.add_row(f"{name} ({row['description']})", _fmt(row["class_agreement"], row["class_agreement_ci"]),
-                      str(row["flips"]), flips_from, _fmt(row["max_abs_prob_diff"]), _fmt(row["mean_abs_prob_diff"]))
+                      str(row["flips"]), flips_from, _fmt(row["max_abs_prob_diff"]), _fmt(row["mean_max_abs_prob_diff"]))
     return table
