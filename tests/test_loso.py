@@ -173,3 +173,69 @@ def test_cv_by_source_writes_the_per_source_table_and_the_report_shows_it_first(
     assert "normal called normal" in section and "accuracy seen (random split)" in section
     assert "trained and tested on the image border only" in html and "falls to chance within CI" in html
     assert 'id="loso-shape-3class"' in section and "trained and tested on the image shape alone" in html
+    assert loso["unseen_selection"] is None  # one candidate: nothing to choose
+
+
+def _loso_run(name: str, y: np.ndarray, sources: np.ndarray, correct: dict[str, float], val_f1: float):
+    """A CVRun of one held-out fold per source whose accuracy on each source is ``correct[source]``."""
+    from cxrdx.evaluation.cv import Candidate, CVRun, FoldPrediction
+
+    manifest = pd.DataFrame({"target": y, "patient_id": [f"p{i}" for i in range(len(y))], "source": sources})
+    folds = []
+    for k, s in enumerate(correct):
+        test = np.flatnonzero(sources == s)
+        right = np.arange(len(test)) < round(correct[s] * len(test))
+        pred = np.where(right, y[test], (y[test] + 1) % 3)
+        probs = np.eye(3)[pred] * 0.8 + 0.2 / 3
+        folds.append(FoldPrediction(k, np.flatnonzero(sources != s), np.array([], int), test, np.zeros((0, 3)), probs,
+                                    val_f1=val_f1))
+    return CVRun(Candidate.parse(name), CLASSES, manifest, "patient_id", folds)
+
+
+def test_unseen_selection_never_lets_a_source_choose_for_itself():
+    from cxrdx.evaluation.loso import unseen_selection
+
+    sources = np.repeat(np.array(["a", "b", "c"]), 20)
+    y = np.tile(np.arange(3), 20)
+    # the validation favourite is best only on "a"; "pool" is best on "b" and "c"
+    favourite = _loso_run("bilstm", y, sources, {"a": 1.0, "b": 0.3, "c": 0.3}, val_f1=0.9)
+    other = _loso_run("pool", y, sources, {"a": 0.6, "b": 0.8, "c": 0.8}, val_f1=0.7)
+    by_source = {s: np.flatnonzero(sources == s) for s in "abc"}
+    sel = unseen_selection([favourite, other], by_source, np.arange(len(y)), EvalConfig(bootstrap=50))
+    chosen = {r["source"]: r["chosen"] for r in sel["per_source"]}
+    # "a" is scored by what b and c prefer (pool), though bilstm would have been right there
+    assert chosen == {"a": "tf_efficientnet_lite0+pool", "b": "tf_efficientnet_lite0+pool", "c": "tf_efficientnet_lite0+pool"}
+    assert sel["estimate"]["accuracy"] == pytest.approx((0.6 + 0.8 + 0.8) / 3)
+    assert sel["choice"] == "tf_efficientnet_lite0+pool" and sel["validation_choice"] == "tf_efficientnet_lite0+bilstm"
+    assert sel["mean_source_accuracy"]["tf_efficientnet_lite0+bilstm"] == pytest.approx((1.0 + 0.3 + 0.3) / 3)
+    lo, hi = sel["estimate"]["ci"]["accuracy"]
+    assert lo <= sel["estimate"]["accuracy"] <= hi
+    # when the favourite wins on the other two sources it is chosen for the third, whatever it scores there
+    strong = _loso_run("bilstm", y, sources, {"a": 0.2, "b": 0.9, "c": 0.9}, val_f1=0.9)
+    sel = unseen_selection([strong, other], by_source, np.arange(len(y)), EvalConfig(bootstrap=50))
+    assert {r["source"]: r["chosen"] for r in sel["per_source"]}["a"] == "tf_efficientnet_lite0+bilstm"
+    assert unseen_selection([strong], by_source, np.arange(len(y)), EvalConfig(bootstrap=50)) is None
+
+
+def test_compare_by_source_reports_the_choice_by_unseen_sources(tmp_path):
+    from cxrdx.cli import app
+
+    data = _synthetic_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "compare", "--data", str(data), "--heads", "pool", "--baselines", "logreg", "--backbones", "tf_efficientnet_lite0",
+        "--ensemble-top", "0", "--by", "source", "--folds", "2", "--no-blackout", "--no-border", "--no-shape",
+        "--out", str(out), "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "evaluation.bootstrap=50",
+        "--set", "evaluation.min_source_images=10", "--set", "data.image_size=64", "--set", "evaluation.epochs=3",
+    ])
+    assert result.exit_code == 0, result.output
+    loso = json.loads((out / "evaluation.json").read_text())["tasks"]["3class"]["loso"]
+    sel = loso["unseen_selection"]
+    names = {c["name"] for c in loso["candidates"]}
+    assert sel["choice"] in names and sel["validation_choice"] == loso["selected"]
+    assert [r["source"] for r in sel["per_source"]] == loso["sources"] and all(r["chosen"] in names for r in sel["per_source"])
+    assert sel["estimate"]["n_images"] == next(r for r in loso["rows"] if r["pooled"])["n_images"]
+    assert "Chosen by unseen sources" in " ".join(result.output.split())
+    report = CliRunner().invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+    assert 'id="loso-selection-3class"' in (out / "report.html").read_text()

@@ -26,7 +26,7 @@ def _split(text: str | None) -> list[str]:
 
 def _print_results(result: dict) -> None:
     from ..evaluation.tables import (architecture_table, benchmark_table, comparison_table, confusion_table, loso_overview,
-                                     loso_table, macro_row_ci, metrics_table)
+                                     loso_table, macro_row_ci, metrics_table, unseen_selection_text)
 
     for task, res in result["tasks"].items():
         best = res["best"]  # a CVSummary
@@ -39,6 +39,8 @@ def _print_results(result: dict) -> None:
                                                  f"{loso['selected']}, roi {loso['roi']}"))
             if len(loso["candidates"]) > 1:
                 console.print(loso_overview(loso))
+            if loso.get("unseen_selection"):
+                console.print(unseen_selection_text(loso["unseen_selection"]))
             for skip in loso["skipped"]:
                 console.print(f"[yellow]not held out: {skip['source']} ({skip['n_images']} images): {skip['reason']}[/]")
             shape = loso.get("shape_only")

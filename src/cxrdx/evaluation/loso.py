@@ -11,6 +11,11 @@ candidate of a grid (heads and baselines) under it unchanged.
 :func:`loso_section` scores the runs per held-out source (accuracy, per-class sensitivity and
 specificity, covid-vs-rest AUC, each with a patient-bootstrap CI from :mod:`cxrdx.stats`) beside the
 same candidate's random patient-split numbers on the same images ("seen" vs "unseen" hospitals).
+
+:func:`unseen_selection` chooses among the candidates by the sources they did not train on, without using a
+source's own result to choose for it: for each held-out source, the candidate with the best mean accuracy over the
+*other* held-out sources is scored on it. Pooled, that is an honest estimate of "pick the model by unseen
+hospitals"; the candidate best over all held-out sources is the one to ship.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ from .cv import CVRun, average_runs, rank_key
 from .results import headline  # noqa: F401  (re-exported: what a held-out source measures)
 from .summary import oof_predictions
 
+UNSEEN_SELECTION_RULE = ("for each held-out source, the candidate with the highest mean accuracy over the other held-out "
+                         "sources (each source counted once, whatever its size; ties go to the validation ranking) is "
+                         "scored on it: a source's own result never chooses for it")
+UNSEEN_SELECTION_CAVEAT = ("the other sources' fold models had this source among their training sources (they are not "
+                           "retrained without it)")
 POOLED = "all held-out sources"
 """``source`` of the pooled row (every held-out image once)."""
 PROTOCOL = ("leave-one-source-out: train on all other sources, test on the held-out one; patients with an image in the "
@@ -166,6 +176,42 @@ def _metrics_by_source(run: CVRun, probs: np.ndarray, rows_by_source: dict[str, 
     return {s: source_metrics(y[idx], probs[idx], patients[idx], run.classes, ev) for s, idx in rows_by_source.items()}
 
 
+def unseen_selection(ranked: list[CVRun], by_source: dict[str, np.ndarray], tested: np.ndarray, ev: EvalConfig) -> dict | None:
+    """Choosing a candidate by unseen sources without a test fold (:data:`UNSEEN_SELECTION_RULE`).
+
+    ``ranked``: the candidates in validation order (ties go to the earlier one). Returns ``per_source`` (the
+    candidate chosen for each held-out source and its accuracy there, beside the validation choice's),
+    ``estimate`` (the pooled metrics of those choices, patient-bootstrap CIs), ``mean_source_accuracy`` per
+    candidate and ``choice``: the candidate with the best mean over all held-out sources, the one to ship (its
+    own held-out numbers helped choose it: quote ``estimate`` for it). None with fewer than two candidates or
+    sources."""
+    if len(ranked) < 2 or len(by_source) < 2:
+        return None
+    first = ranked[0]
+    y = first.manifest["target"].to_numpy()
+    patients = first.manifest["patient_id"].astype(str).to_numpy()
+    probs = {r.candidate.name: loso_probabilities(r) for r in ranked}
+    acc = {name: {s: float(np.mean(p[idx].argmax(1) == y[idx])) for s, idx in by_source.items()} for name, p in probs.items()}
+    order = {name: k for k, name in enumerate(probs)}
+
+    def best(excluding: str | None) -> str:
+        return max(probs, key=lambda n: (np.mean([a for s, a in acc[n].items() if s != excluding]), -order[n]))
+
+    nested = np.full_like(probs[first.candidate.name], np.nan)
+    per_source = []
+    for source, idx in by_source.items():
+        chosen = best(source)
+        nested[idx] = probs[chosen][idx]
+        per_source.append({"source": source, "chosen": chosen, "accuracy": acc[chosen][source],
+                           "validation_choice_accuracy": acc[first.candidate.name][source]})
+    return {
+        "rule": UNSEEN_SELECTION_RULE, "caveat": UNSEEN_SELECTION_CAVEAT, "validation_choice": first.candidate.name,
+        "choice": best(None), "mean_source_accuracy": {n: float(np.mean(list(a.values()))) for n, a in acc.items()},
+        "per_source": per_source,
+        "estimate": source_metrics(y[tested], nested[tested], patients[tested], first.classes, ev),
+    }
+
+
 def loso_probabilities(run: CVRun) -> np.ndarray:
     """Held-out probabilities of every tested row (NaN for rows of skipped sources)."""
     probs = np.full((len(run.manifest), len(run.classes)), np.nan)
@@ -224,6 +270,7 @@ def loso_section(loso_runs: dict[str, CVRun], random_runs: dict[str, CVRun], pla
         "ranked_by": "mean validation macro-F1 over the LOSO folds (validation from the training sources only), "
                      "ties by validation log-loss; held-out sources never used to rank",
         "selected": first.candidate.name, "candidates": candidates, "rows": rows,
+        "unseen_selection": unseen_selection(ranked, by_source, tested, ev),
     }
 
 

@@ -137,6 +137,19 @@ def loso_overview(loso: dict) -> Table:
     return table
 
 
+def unseen_selection_text(selection: dict) -> str:
+    """One paragraph: :func:`cxrdx.evaluation.loso.unseen_selection` (chosen by unseen sources, honestly estimated)."""
+    est = selection["estimate"]
+    lo, hi = est["ci"]["accuracy"]
+    means = ", ".join(f"{n} {v:.3f}" for n, v in sorted(selection["mean_source_accuracy"].items(), key=lambda kv: -kv[1]))
+    chosen = "; ".join(f"{r['source']}: {r['chosen']} {r['accuracy']:.3f} (validation's choice {r['validation_choice_accuracy']:.3f})"
+                       for r in selection["per_source"])
+    return (f"Chosen by unseen sources: {selection['choice']} (validation chose {selection['validation_choice']}); mean "
+            f"accuracy over the held-out sources: {means}. Honest estimate of choosing this way (each source scored by the "
+            f"candidate the other sources chose): {est['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] over all held-out images; {chosen}. "
+            f"Caveat: {selection['caveat']}.")
+
+
 def architecture_table(section: dict, title: str = "The design's four architectures") -> Table:
     """:func:`cxrdx.evaluation.architectures.architecture_section`: one row per (architecture, backbone), the
     candidate chosen by validation, every metric with its patient-bootstrap CI."""
