@@ -258,6 +258,8 @@ def versions() -> dict:
 
 
 def run(args) -> dict:
+    from cxrdx.models.run import model_identity
+
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     base = {"benchmark": "gpu", "generated_at": stamp, "command": " ".join(["python benchmarks/gpu.py", *sys.argv[1:]]),
             "versions": versions(), "cpu_cores": os.cpu_count()}
@@ -266,7 +268,8 @@ def run(args) -> dict:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test, not a GPU figure)"
     model, x, sources, source = load_inputs(args, device)
-    return {**base, "gpu": name, "inputs": source, "images": len(x), "batch_size": args.batch_size,
+    return {**base, "gpu": name, "inputs": source, "model": None if args.synthetic else model_identity(args.run).id,
+            "images": len(x), "batch_size": args.batch_size,
             "inference": inference_rows(model, x, args, device),
             "end_to_end": end_to_end_row(model, sources, device),
             "latency": latency_row(model, sources, device, args.latency_images),

@@ -34,12 +34,19 @@ def _loads(values) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
 
 
+def _model(r: dict) -> str:
+    """`` (model X)`` when the results name the model they measured (``model``; ``model_note`` when added later)."""
+    if not r.get("model"):
+        return ""
+    return f" (model `{r['model']}`" + (f"; {r['model_note']}" if r.get("model_note") else "") + ")"
+
+
 def throughput_section(name: str, r: dict) -> list[str]:
     dev = r["device"]
     lines = [
         f"**{dev['model']}, {r['threads']} threads** ({dev['cores']} cores visible; bf16: {dev['bf16']}; "
         f"{', '.join(dev['flags'])}), batch {r['batch_size']}, end to end from file bytes (decode -> probabilities), "
-        f"{r['timed_images']} held-out images of `{r['run']}` x {r['rounds']} rounds, median; agreement and max "
+        f"{r['timed_images']} held-out images of `{r['run']}`{_model(r)} x {r['rounds']} rounds, median; agreement and max "
         f"|probability difference| against {r['reference']} over all {r['held_out_images']} held-out images; "
         f"batch-1 latency through the server's path. Load average {_loads(r['load_average_start'])} at start, "
         f"{_loads(r['load_average_end'])} at end; {r['generated_at']}; `{r['command']}` ([{name}](benchmarks/results/{name})).",
@@ -78,7 +85,7 @@ def gpu_section(name: str, r: dict) -> list[str]:
     if r.get("gpu") is None:
         return [f"**GPU:** none. {r['note']} ({r['generated_at']}, `{r['command']}`, [{name}](benchmarks/results/{name}))."]
     lines = [f"**GPU: {r['gpu']}** ({r['generated_at']}, `{r['command']}`, [{name}](benchmarks/results/{name})); "
-             f"inference model-only, batch {r['batch_size']}, {r['images']} images ({r['inputs']}){_gpu_versions(r)}.", "",
+             f"inference model-only, batch {r['batch_size']}, {r['images']} images ({r['inputs']}{_model(r)}){_gpu_versions(r)}.", "",
              "| variant | img/s | class agreement vs fp32 | max abs prob diff |", "|---|---|---|---|"]
     for row in r["inference"]:
         if "skipped" in row:

@@ -194,6 +194,8 @@ def fp32_stability(run: Path, pred, images: list[tuple[str, bytes]]) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from cxrdx.models.run import model_identity
+
     torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.all_torch:
@@ -242,7 +244,8 @@ def run(args: argparse.Namespace) -> dict:
         "generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python benchmarks/throughput.py", *sys.argv[1:]]),
         "device": {"kind": "cpu", **cpu_info()},
-        "run": str(args.run), "held_out_images": len(all_images), "timed_images": len(timed),
+        "run": str(args.run), "model": model_identity(args.run).id,
+        "held_out_images": len(all_images), "timed_images": len(timed),
         "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "versions": {"torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__},
