@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config.sections import ModelConfig
 from ..tasks import classes_for
 from .backbones import BACKBONES, build_backbone
 from .heads import HEADS, create_head
@@ -10,19 +11,20 @@ from .weights import load_backbone_weights
 
 
 def create_model(
-    backbone: str = "tf_efficientnet_lite0",
-    head: str = "bilstm",
+    backbone: str = ModelConfig.backbone,
+    head: str = ModelConfig.head,
     num_classes: int | None = None,
-    weights: str = "imagenet",
+    weights: str = ModelConfig.weights,
     *,
     classes: list[str] | tuple[str, ...] | None = None,
-    hidden: int = 128,
-    proj_dim: int = 256,
-    dropout: float = 0.3,
+    hidden: int = ModelConfig.hidden,
+    proj_dim: int = ModelConfig.proj_dim,
+    dropout: float = ModelConfig.dropout,
     image_size: int = 224,
     modality: str = "xray",
 ) -> HybridModel:
-    """Build backbone + head. ``weights``: ``imagenet``, ``none`` or a file path (backbone weights).
+    """Build backbone + head. ``weights``: ``imagenet``, ``none`` or a file path (backbone weights). The defaults
+    are :class:`~cxrdx.config.sections.ModelConfig`'s (one place).
 
     ``backbone`` and ``head`` are names in :data:`~cxrdx.models.backbones.BACKBONES` and
     :data:`~cxrdx.models.heads.HEADS`; both are checked before any network is built.
