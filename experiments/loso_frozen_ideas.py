@@ -6,7 +6,7 @@ the cached backbone maps (``data.*`` settings, ``CXRDX_CACHE``), the LOSO folds 
 (:func:`cxrdx.evaluation.loso.source_plan`) and its per-source metrics with patient-bootstrap CIs. Each idea is
 scored beside its own unchanged baseline on the same folds, with a linear model on the pooled maps:
 
-* ``baseline``: logistic regression (C 0.01, balanced classes) on standardised pooled features.
+* ``baseline``: cxrdx's logistic-regression baseline (C 0.01, balanced classes) on standardised pooled features.
 * ``nullspace-K``: iterative null-space projection, K rounds: within each class, a source classifier on the
   training sources; its directions are projected out of the features before the classifier.
 * ``familiarity``: cosine distance to the 10th nearest training image; AUROC of held-out images against the
@@ -37,6 +37,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from cxrdx.config import load_config
+from cxrdx.evaluation.baselines import BASELINES
 from cxrdx.evaluation.benchmark import task_classes, task_manifest
 from cxrdx.evaluation.compare import config_maps
 from cxrdx.evaluation.feature_maps import aligned, backbone_model
@@ -80,9 +81,9 @@ def pooled(maps: np.ndarray, kept, rows) -> np.ndarray:
 
 
 def logreg(train_x, train_y, test_x):
-    scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(C=0.01, max_iter=500, class_weight="balanced").fit(scaler.transform(train_x), train_y)
-    return lambda x: clf.predict_proba(scaler.transform(x)), clf.predict_proba(scaler.transform(test_x))
+    """cxrdx's own logistic-regression baseline (``BASELINES["logreg"]``) at C 0.01, the value its folds choose here."""
+    clf = BASELINES.get("logreg").make(0.01, 0).fit(train_x, train_y)
+    return clf.predict_proba, clf.predict_proba(test_x)
 
 
 def nullspace(x, y, groups, rounds: int, min_images: int = 20) -> np.ndarray:
@@ -180,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         predict, probs = logreg(x[train], y[train], x[test])
         score("baseline", probs, f1_score(y[val], predict(x[val]).argmax(1), average="macro"))
         for r in rounds:
-            proj = nullspace(StandardScaler().fit(x[train]).transform(x[train]), y[train], sources[train], r)
             scaler = StandardScaler().fit(x[train])
+            proj = nullspace(scaler.transform(x[train]), y[train], sources[train], r)
             z = lambda i: scaler.transform(x[i]) @ proj  # noqa: E731
             clf = LogisticRegression(C=0.01, max_iter=500, class_weight="balanced").fit(z(train), y[train])
             score(f"nullspace-{r}", clf.predict_proba(z(test)), f1_score(y[val], clf.predict(z(val)), average="macro"))
